@@ -1,0 +1,74 @@
+"""nebius-datasets-async: an asyncio client for the Nebius Token Factory Datasets API.
+
+Rename and move datasets one at a time or by the thousand, with bounded concurrency,
+adaptive rate limiting, retries and typed errors::
+
+    async with DatasetsClient() as client:
+        dataset = await client.rename("4d89c874...", "new-name")
+        report = await client.move_many(["id-1", "id-2"], "/archive")
+"""
+
+from ._bulk import BulkOptions, BulkProgress, BulkReport, BulkRun, OutcomeStatus, PatchOutcome
+from ._client import DEFAULT_BASE_URL, DatasetsClient, __version__
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    BulkError,
+    ConflictError,
+    DatasetsError,
+    InternalServerError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    RunStoppedError,
+    UnprocessableEntityError,
+)
+from ._models import (
+    ColumnSchema,
+    ColumnType,
+    Dataset,
+    DatasetOrigin,
+    DatasetStatus,
+    DatasetUpdate,
+)
+from ._retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BulkError",
+    "BulkOptions",
+    "BulkProgress",
+    "BulkReport",
+    "BulkRun",
+    "ColumnSchema",
+    "ColumnType",
+    "ConflictError",
+    "Dataset",
+    "DatasetOrigin",
+    "DatasetStatus",
+    "DatasetUpdate",
+    "DatasetsClient",
+    "DatasetsError",
+    "InternalServerError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutcomeStatus",
+    "PatchOutcome",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "RetryPolicy",
+    "RunStoppedError",
+    "UnprocessableEntityError",
+    "__version__",
+]

@@ -1,0 +1,145 @@
+"""The one cattrs converter of the library, with every hook registered in one place.
+
+Strict where drift would hide bugs (a number is not a string), tolerant where the API is open
+(new statuses, new column types, new fields).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from ._exceptions import ResponseValidationError
+from ._models import ColumnSchema, ColumnType, Dataset, DatasetOrigin, DatasetStatus
+
+__all__ = ["converter", "structure_dataset"]
+
+_KNOWN_STATUSES: Mapping[str, DatasetStatus] = {s.value: s for s in DatasetStatus}
+
+
+def _strict_str(value: Any, _type: Any) -> str:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _type: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _status(value: Any, _type: Any) -> DatasetStatus:
+    if type(value) is not str:
+        raise TypeError(f"expected a status string, got {type(value).__name__}")
+    return _KNOWN_STATUSES.get(value, DatasetStatus.UNKNOWN)
+
+
+def freeze_json(value: Any) -> Any:
+    """A read-only deep copy of decoded JSON: objects become mappingproxies, arrays tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(freeze_json(v) for v in value)
+    return value
+
+
+def _json_object(value: Any, _type: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return freeze_json(value)  # type: ignore[no-any-return]
+
+
+def _column_type(value: Any, _type: Any) -> ColumnType:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a column type object, got {type(value).__name__}")
+    name = value.get("name")
+    if type(name) is not str:
+        raise TypeError("a column type needs a string 'name'")
+    item = value.get("item")
+    extra = {k: v for k, v in value.items() if k not in ("name", "item")}
+    return ColumnType(
+        name=name,
+        item=None if item is None else _column_type(item, ColumnType),
+        extra=freeze_json(extra) if extra else MappingProxyType({}),
+    )
+
+
+def _origin(value: Any, _type: Any) -> DatasetOrigin | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an origin object, got {type(value).__name__}")
+    origin_type = value.get("type")
+    if origin_type is not None and type(origin_type) is not str:
+        raise TypeError("the origin's 'type' must be a string")
+    extra = {k: v for k, v in value.items() if k != "type"}
+    return DatasetOrigin(
+        type=origin_type, extra=freeze_json(extra) if extra else MappingProxyType({})
+    )
+
+
+def _build_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(DatasetStatus, _status)
+    conv.register_structure_hook(ColumnType, _column_type)
+    conv.register_structure_hook(
+        ColumnSchema, make_dict_structure_fn(ColumnSchema, conv, _cattrs_detailed_validation=True)
+    )
+
+    def schema(value: Any, _type: Any) -> tuple[ColumnSchema, ...]:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list of columns, got {type(value).__name__}")
+        return conv.structure(value, tuple[ColumnSchema, ...])
+
+    conv.register_structure_hook(
+        Dataset,
+        make_dict_structure_fn(
+            Dataset,
+            conv,
+            raw_status=override(rename="status"),
+            schema=override(struct_hook=schema),
+            metadata=override(struct_hook=_json_object),
+            current_version_origin=override(struct_hook=_origin),
+        ),
+    )
+    return conv
+
+
+converter = _build_converter()
+
+
+def structure_dataset(obj: Any) -> Dataset:
+    """Turn decoded JSON into a ``Dataset``; raise ``ResponseValidationError`` naming each problem
+    with its path (``$.status``) if it does not fit the contract.
+    """
+    if not isinstance(obj, dict):
+        raise ResponseValidationError(
+            "response is not a Dataset", errors=(f"expected a JSON object @ $, got {_kind(obj)}",)
+        )
+    try:
+        return converter.structure(obj, Dataset)
+    except Exception as exc:  # cattrs wraps every hook's error; never let one escape as is
+        raise ResponseValidationError(
+            "response is not a valid Dataset",
+            errors=tuple(cattrs.transform_error(exc, format_exception=_describe)),
+        ) from exc
+
+
+def _describe(exc: BaseException, _type: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, TypeError | ValueError) and str(exc).startswith(("expected", "a ", "the ")):
+        return str(exc)
+    return cattrs.v.format_exception(exc, _type)
+
+
+def _kind(obj: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(obj), "a number")

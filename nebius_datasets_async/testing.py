@@ -1,0 +1,477 @@
+"""A faithful fake of the Token Factory Datasets API, for tests (yours and ours) and the demo.
+
+::
+
+    async with FakeDatasetsServer(datasets=100) as fake:
+        async with fake.client() as client:
+            await client.rename(fake.dataset_ids[0], "renamed")
+        assert fake.store[fake.dataset_ids[0]]["name"] == "renamed"
+
+It is a real ``aiohttp.web`` server on 127.0.0.1 (a free port), so everything between your code
+and the socket is exercised. It answers ``GET`` and ``PATCH /v1/datasets/{dataset_id}`` as the
+published contract says: the bearer key is checked (401), unknown ids are 404, bodies are
+validated as FastAPI does (422 with ``{"detail": [{"loc", "msg", "type"}]}``), and ids are
+percent-decoded from exactly one path segment.
+
+Faults are injected from a ``Faults`` value, seeded and repeatable: the fault an attempt gets
+depends only on the seed, the dataset id and how many requests that id has had, not on timing.
+``fail_next()`` scripts exact scenarios. ``stats`` counts requests, statuses and the most
+requests ever in flight. ``requests`` logs every request received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import random
+import secrets
+import socket
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import attrs
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ._client import DatasetsClient
+
+__all__ = [
+    "Faults",
+    "FakeDatasetsServer",
+    "RecordedRequest",
+    "ServerStats",
+    "make_dataset",
+]
+
+_PREFIX = "/v1/datasets/"
+_JSON = "application/json"
+
+
+def _probability(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be a probability in [0, 1], got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Faults:
+    """What the fake does wrong, and how often. Probabilities are per request.
+
+    - ``rate_429`` (with ``retry_after`` seconds in ``Retry-After``, or none if ``None``),
+      ``rate_500``, ``rate_502``, ``rate_503``: answer that status without applying the change.
+    - ``rate_500_after_apply``: apply the change, then answer 500.
+    - ``rate_reset``: close the connection without answering.
+    - ``rate_slow``: wait ``slow_delay`` seconds before answering (to exceed a client timeout).
+    - ``rate_malformed``: a 200 whose body is truncated JSON or an HTML page.
+    - ``latency``: seconds every request waits before it is handled.
+    - ``rate_limit`` / ``burst``: a token bucket of ``rate_limit`` requests per second holding
+      ``burst`` tokens; a request finding it empty gets 429 with ``Retry-After:
+      rate_limit_retry_after``.
+    - ``seed``: makes every draw repeatable.
+    """
+
+    rate_429: float = attrs.field(default=0.0, validator=_probability)
+    retry_after: float | None = 1.0
+    rate_500: float = attrs.field(default=0.0, validator=_probability)
+    rate_502: float = attrs.field(default=0.0, validator=_probability)
+    rate_503: float = attrs.field(default=0.0, validator=_probability)
+    rate_500_after_apply: float = attrs.field(default=0.0, validator=_probability)
+    rate_reset: float = attrs.field(default=0.0, validator=_probability)
+    rate_slow: float = attrs.field(default=0.0, validator=_probability)
+    slow_delay: float = 5.0
+    rate_malformed: float = attrs.field(default=0.0, validator=_probability)
+    latency: float = 0.0
+    rate_limit: float | None = None
+    burst: int = 10
+    rate_limit_retry_after: float | None = 1.0
+    seed: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class RecordedRequest:
+    """One request as the fake received it: ``dataset_id`` is percent-decoded (``None`` when
+    the path is not a dataset path), ``body`` is raw and ``json`` its parsed form, if any.
+    """
+
+    method: str
+    raw_path: str
+    dataset_id: str | None
+    headers: Mapping[str, str]
+    body: bytes
+    received_at: float
+
+    @property
+    def json(self) -> Any:
+        """The body parsed as JSON, or ``None`` if it is empty or not JSON."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+
+@attrs.define
+class ServerStats:
+    """Counters of the fake: requests, responses by status, resets and concurrency."""
+
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    resets: int = 0
+    applied: int = 0
+    statuses: Counter[int] = attrs.Factory(Counter)
+
+
+@attrs.frozen
+class _Scripted:
+    status: int
+    retry_after: float | None
+    apply: bool
+    reset: bool
+    detail: str | None
+
+
+def make_dataset(index: int, *, seed: int = 0, **fields: Any) -> dict[str, Any]:
+    """A realistic Dataset record (as JSON) per the published contract; ``fields`` override."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()
+    record: dict[str, Any] = {
+        "id": digest[:32],
+        "name": f"dataset-{index:06d}",
+        "status": "READY",
+        "schema": [
+            {"name": "text", "type": {"name": "string"}},
+            {"name": "label", "type": {"name": "option", "item": {"name": "string"}}},
+        ],
+        "metadata": {"source": "fake", "rows": 1000 + index},
+        "folder": "/incoming",
+        "current_version": digest[32:54],
+        "created_at": 1760109124 + index,
+        "error": None,
+        "current_version_origin": {"type": "s3", "bucket": "datasets-fake"},
+        "type": "dataset",
+        "ai_project_id": "project-fake",
+    }
+    record.update(fields)
+    return record
+
+
+def _validation_error(loc: list[Any], msg: str, kind: str, value: Any = None) -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "type": kind, "input": value}
+
+
+def _validate_patch(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The fields to set, or FastAPI-style validation errors."""
+    try:
+        obj = json.loads(body) if body else None
+    except ValueError as exc:
+        return None, [_validation_error(["body", 0], f"JSON decode error: {exc}", "json_invalid")]
+    if obj is None:
+        return None, [_validation_error(["body"], "Field required", "missing")]
+    if not isinstance(obj, dict):
+        return None, [
+            _validation_error(
+                ["body"], "Input should be a valid dictionary", "model_attributes_type", obj
+            )
+        ]
+    errors = []
+    for key, value in obj.items():
+        if key not in ("name", "folder"):
+            errors.append(
+                _validation_error(["body", key], "Extra inputs are not permitted", "extra_forbidden")
+            )
+        elif value is not None and not isinstance(value, str):
+            errors.append(
+                _validation_error(["body", key], "Input should be a valid string", "string_type")
+            )
+        elif isinstance(value, str) and len(value) < 1:
+            errors.append(
+                _validation_error(
+                    ["body", key],
+                    "String should have at least 1 character",
+                    "string_too_short",
+                    value,
+                )
+            )
+    if errors:
+        return None, errors
+    return {k: v for k, v in obj.items() if v is not None}, []
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeDatasetsServer:
+    """An in-memory Datasets API on 127.0.0.1; see the module docstring.
+
+    Arguments: ``datasets`` (how many realistic records to create, or the records themselves),
+    ``api_key`` (random by default), ``faults`` (a ``Faults``), ``port`` (0: a free one),
+    ``record_requests`` (keep the request log; turn off for very long runs).
+    """
+
+    def __init__(
+        self,
+        datasets: int | Iterable[Mapping[str, Any]] = 0,
+        *,
+        api_key: str | None = None,
+        faults: Faults | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record_requests: bool = True,
+    ) -> None:
+        self.api_key = api_key or f"fake-{secrets.token_hex(16)}"
+        self.faults = faults or Faults()
+        self.host = host
+        self.port = port
+        self.record_requests = record_requests
+        records = (
+            (make_dataset(i, seed=self.faults.seed) for i in range(datasets))
+            if isinstance(datasets, int)
+            else (copy.deepcopy(dict(r)) for r in datasets)
+        )
+        #: The datasets by id, as JSON records; tests may read and change them.
+        self.store: dict[str, dict[str, Any]] = {r["id"]: r for r in records}
+        #: Every request received, in order (when ``record_requests``).
+        self.requests: list[RecordedRequest] = []
+        self.stats = ServerStats()
+        self._script: deque[_Scripted] = deque()
+        self._seen: Counter[str] = Counter()
+        self._tokens = float(self.faults.burst)
+        self._refilled = time.monotonic()
+        self._runner: web.AppRunner | None = None
+        self._connections: set[asyncio.Transport] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``: pass it as the client's ``base_url``."""
+        if self._runner is None:
+            raise RuntimeError("the fake server is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def dataset_ids(self) -> list[str]:
+        """The ids in the store, in insertion order."""
+        return list(self.store)
+
+    async def start(self) -> None:
+        """Start listening (on ``port``, or a free port when it is 0)."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        if self.port == 0:
+            self.port = _free_port(self.host)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeDatasetsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def client(self, **kwargs: Any) -> DatasetsClient:
+        """A ``DatasetsClient`` pointed at this server with its key (``kwargs`` are passed on)."""
+        from ._client import DatasetsClient
+
+        kwargs.setdefault("api_key", self.api_key)
+        kwargs.setdefault("base_url", self.base_url)
+        return DatasetsClient(**kwargs)
+
+    # -- scripting ---------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        n: int = 1,
+        *,
+        status: int = 500,
+        retry_after: float | None = None,
+        apply: bool = False,
+        reset: bool = False,
+        detail: str | None = None,
+    ) -> None:
+        """Make the next ``n`` requests fail: answer ``status`` (with ``Retry-After`` if given;
+        after applying the change if ``apply``), or close the connection if ``reset``.
+        """
+        for _ in range(n):
+            self._script.append(_Scripted(status, retry_after, apply, reset, detail))
+
+    def applied_requests(self, dataset_id: str | None = None) -> list[RecordedRequest]:
+        """Logged PATCH requests (for one id, if given)."""
+        return [
+            r
+            for r in self.requests
+            if r.method == "PATCH" and (dataset_id is None or r.dataset_id == dataset_id)
+        ]
+
+    # -- the handler -------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            response = await self._respond(request)
+        finally:
+            stats.in_flight -= 1
+        if response is not None:
+            stats.statuses[response.status] += 1
+            return response
+        stats.resets += 1
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        raise asyncio.CancelledError  # the connection is gone; nothing to send
+
+    async def _respond(self, request: web.Request) -> web.StreamResponse | None:
+        body = await request.read()
+        raw_path = request.raw_path.split("?", 1)[0]
+        dataset_id = _dataset_id(raw_path)
+        if self.record_requests:
+            self.requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    raw_path=request.raw_path,
+                    dataset_id=dataset_id,
+                    headers=dict(request.headers),
+                    body=body,
+                    received_at=time.monotonic(),
+                )
+            )
+        faults = self.faults
+        if faults.latency:
+            await asyncio.sleep(faults.latency)
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _json_response(401, {"detail": "Invalid or missing API key"})
+        if dataset_id is None:
+            return _json_response(404, {"detail": "Not Found"})
+        if request.method not in ("GET", "PATCH"):
+            return _json_response(405, {"detail": "Method Not Allowed"})
+
+        if faults.rate_limit is not None and not self._take_token():
+            return _json_response(
+                429,
+                {"detail": "Rate limit exceeded"},
+                retry_after=faults.rate_limit_retry_after,
+            )
+        scripted = self._script.popleft() if self._script else None
+        if scripted is not None and not scripted.apply:
+            if scripted.reset:
+                return None
+            return _json_response(
+                scripted.status,
+                {"detail": scripted.detail or f"Injected {scripted.status}"},
+                retry_after=scripted.retry_after,
+            )
+        fault = self._draw(dataset_id) if scripted is None else None
+        if fault == "reset":
+            return None
+        if fault in ("429", "500", "502", "503"):
+            status = int(fault)
+            return _json_response(
+                status,
+                {"detail": f"Injected {status}"},
+                retry_after=faults.retry_after if status == 429 else None,
+            )
+        if fault == "slow":
+            await asyncio.sleep(faults.slow_delay)
+
+        record = self.store.get(dataset_id)
+        if record is None:
+            return _json_response(404, {"detail": f"Dataset {dataset_id} not found"})
+        if request.method == "PATCH":
+            changes, errors = _validate_patch(body)
+            if changes is None:
+                return _json_response(422, {"detail": errors})
+            record.update(changes)
+            self.stats.applied += 1
+        if scripted is not None:  # applied, then failed
+            if scripted.reset:
+                return None
+            return _json_response(scripted.status, {"detail": scripted.detail or "Injected"})
+        if fault == "500_after_apply":
+            return _json_response(500, {"detail": "Injected 500 after applying"})
+        if fault == "malformed":
+            text = json.dumps(record)
+            if self._rng(dataset_id, "shape").random() < 0.5:
+                return web.Response(status=200, body=text[: len(text) // 2], content_type=_JSON)
+            return web.Response(
+                status=200, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+            )
+        return _json_response(200, record)
+
+    def _take_token(self) -> bool:
+        faults = self.faults
+        assert faults.rate_limit is not None
+        now = time.monotonic()
+        self._tokens = min(
+            float(faults.burst), self._tokens + (now - self._refilled) * faults.rate_limit
+        )
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _rng(self, dataset_id: str, salt: str) -> random.Random:
+        return random.Random(f"{self.faults.seed}:{salt}:{dataset_id}:{self._seen[dataset_id]}")
+
+    def _draw(self, dataset_id: str) -> str | None:
+        """The fault for this request: repeatable for (seed, id, how many times it was seen)."""
+        self._seen[dataset_id] += 1
+        f = self.faults
+        table = (
+            ("429", f.rate_429),
+            ("500", f.rate_500),
+            ("502", f.rate_502),
+            ("503", f.rate_503),
+            ("500_after_apply", f.rate_500_after_apply),
+            ("reset", f.rate_reset),
+            ("slow", f.rate_slow),
+            ("malformed", f.rate_malformed),
+        )
+        if not any(p for _, p in table):
+            return None
+        x = self._rng(dataset_id, "fault").random()
+        for name, p in table:
+            if x < p:
+                return name
+            x -= p
+        return None
+
+
+def _dataset_id(raw_path: str) -> str | None:
+    """The percent-decoded id of ``/v1/datasets/{id}``, or ``None`` for any other path."""
+    if not raw_path.startswith(_PREFIX):
+        return None
+    segment = raw_path[len(_PREFIX) :]
+    if not segment or "/" in segment:
+        return None
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return None
+
+
+def _json_response(status: int, payload: Any, *, retry_after: float | None = None) -> web.Response:
+    headers = {"x-request-id": f"req-{secrets.token_hex(8)}"}
+    if retry_after is not None:
+        headers["Retry-After"] = f"{retry_after:g}"
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type=_JSON, headers=headers
+    )
