@@ -39,7 +39,6 @@ from ._models import (
 from ._retry import RetryPolicy
 
 __all__ = [
-    "DEFAULT_BASE_URL",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
@@ -53,6 +52,7 @@ __all__ = [
     "ColumnSchema",
     "ColumnType",
     "ConflictError",
+    "DEFAULT_BASE_URL",
     "Dataset",
     "DatasetOrigin",
     "DatasetStatus",

@@ -242,17 +242,20 @@ class DatasetsClient:
     async def _call(self, request: Request) -> Dataset:
         policy = self._retry
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        # Time spent so far: attempts as measured, plus the backoff delays asked for.
+        elapsed = 0.0
         attempt = 0
         while True:
             attempt += 1
             time_limit = None
             if policy.deadline is not None:
-                time_limit = min(self._timeout, policy.deadline - (loop.time() - started))
+                time_limit = min(self._timeout, policy.deadline - elapsed)
+            started = loop.time()
             try:
                 return await self.attempt(request, time_limit)
             except (APIConnectionError, APIStatusError) as exc:
-                delay = self._retry_delay(exc, attempt, loop.time() - started)
+                elapsed += loop.time() - started
+                delay = self._retry_delay(exc, attempt, elapsed)
                 if delay is None:
                     raise
                 logger.info(
@@ -264,6 +267,7 @@ class DatasetsClient:
                     exc,
                 )
                 await self._sleep(delay)
+                elapsed += delay
 
     def _retry_delay(self, exc: Exception, attempt: int, elapsed: float) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up and raise ``exc``."""

@@ -44,7 +44,9 @@ except ImportError:  # pragma: no cover - the plugin must not break a suite with
 else:
 
     @pytest_asyncio.fixture
-    async def nebius_fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeDatasetsServer]:
+    async def nebius_fake(  # type: ignore[misc]
+        request: pytest.FixtureRequest,
+    ) -> AsyncIterator[FakeDatasetsServer]:
         """A started fake Datasets API on 127.0.0.1."""
         marker = request.node.get_closest_marker("nebius_fake")
         kwargs: dict[str, Any] = dict(marker.kwargs) if marker else {}
@@ -53,7 +55,9 @@ else:
             yield server
 
     @pytest_asyncio.fixture
-    async def nebius_client(nebius_fake: FakeDatasetsServer) -> AsyncIterator[DatasetsClient]:
+    async def nebius_client(  # type: ignore[misc]
+        nebius_fake: FakeDatasetsServer,
+    ) -> AsyncIterator[DatasetsClient]:
         """A client pointed at ``nebius_fake`` with its key."""
         async with nebius_fake.client() as client:
             yield client

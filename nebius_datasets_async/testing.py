@@ -180,7 +180,9 @@ def _validate_patch(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, 
     for key, value in obj.items():
         if key not in ("name", "folder"):
             errors.append(
-                _validation_error(["body", key], "Extra inputs are not permitted", "extra_forbidden")
+                _validation_error(
+                    ["body", key], "Extra inputs are not permitted", "extra_forbidden"
+                )
             )
         elif value is not None and not isinstance(value, str):
             errors.append(
@@ -211,7 +213,8 @@ class FakeDatasetsServer:
 
     Arguments: ``datasets`` (how many realistic records to create, or the records themselves),
     ``api_key`` (random by default), ``faults`` (a ``Faults``), ``port`` (0: a free one),
-    ``record_requests`` (keep the request log; turn off for very long runs).
+    ``record_requests`` (keep the request log; turn off for very long runs),
+    ``shutdown_timeout`` (seconds ``stop()`` lets requests in flight finish).
     """
 
     def __init__(
@@ -223,7 +226,9 @@ class FakeDatasetsServer:
         host: str = "127.0.0.1",
         port: int = 0,
         record_requests: bool = True,
+        shutdown_timeout: float = 0.5,
     ) -> None:
+        self.shutdown_timeout = shutdown_timeout
         self.api_key = api_key or f"fake-{secrets.token_hex(16)}"
         self.faults = faults or Faults()
         self.host = host
@@ -264,7 +269,9 @@ class FakeDatasetsServer:
         """Start listening (on ``port``, or a free port when it is 0)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
+        )
         await self._runner.setup()
         if self.port == 0:
             self.port = _free_port(self.host)
@@ -410,9 +417,8 @@ class FakeDatasetsServer:
             text = json.dumps(record)
             if self._rng(dataset_id, "shape").random() < 0.5:
                 return web.Response(status=200, body=text[: len(text) // 2], content_type=_JSON)
-            return web.Response(
-                status=200, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
-            )
+            html = "<html><body>502 Bad Gateway</body></html>"
+            return web.Response(status=200, text=html, content_type="text/html")
         return _json_response(200, record)
 
     def _take_token(self) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,26 @@ async def fake() -> AsyncIterator[FakeDatasetsServer]:
 async def client(fake: FakeDatasetsServer) -> AsyncIterator[DatasetsClient]:
     async with fake.client(timeout=5.0) as c:
         yield c
+
+
+def _is_server_task(task: asyncio.Task[Any]) -> bool:
+    """Tasks of the in-process fake server (its connection handlers), not of the client."""
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", "")
+    return name.startswith(("RequestHandler.", "FakeDatasetsServer."))
+
+
+async def client_tasks_left() -> set[asyncio.Task[Any]]:
+    """The tasks still pending besides this one and the fake server's, after a short settle."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    current = asyncio.current_task()
+    pending = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+    return {t for t in pending if not _is_server_task(t)}
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polling server-side state; bounded above
+            await asyncio.sleep(0.005)

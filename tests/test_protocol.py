@@ -51,7 +51,9 @@ def response(status: int, body: bytes = b"", **headers: str) -> Response:
         (DatasetUpdate("abc", name="n", folder="/f"), {"name": "n", "folder": "/f"}),
     ],
 )
-def test_patch_body_holds_only_the_given_fields(update: DatasetUpdate, body: dict[str, str]) -> None:
+def test_patch_body_holds_only_the_given_fields(
+    update: DatasetUpdate, body: dict[str, str]
+) -> None:
     """None fields are left out of the body, so the server leaves them unchanged."""
     request = build_patch(update)
     assert request.method == "PATCH"
