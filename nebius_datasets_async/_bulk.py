@@ -13,8 +13,16 @@ import contextlib
 import enum
 import logging
 import time
+import weakref
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
@@ -48,8 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("nebius_datasets_async")
-
-_THROTTLE_STATUSES = frozenset({429, 503})
 
 
 class OutcomeStatus(enum.StrEnum):
@@ -92,7 +98,9 @@ class BulkOptions:
       ``RateLimitError``. Throttling slows the run down; it fails an item only when it persists
       far beyond what pacing can fix.
     - ``adaptive``: pace and cut concurrency on 429/503 (on by default).
-    - ``decrease`` / ``increase``: the AIMD factors (see ``AdaptiveLimiter``).
+    - ``decrease``: the deepest cut of the rate and the concurrency cap on a throttle (0.7:
+      at most 30%); ``probe``: how fast the rate rises past its estimate, as a fraction of the
+      estimate per second.
     - ``retry_budget``: the shared retry quota's capacity in tokens (``None``: unlimited).
     - ``stop_on_auth_error``: a 401 or 403 stops the run; the rest is skipped.
     - ``progress_interval``: least seconds between two calls of the progress callback.
@@ -102,7 +110,7 @@ class BulkOptions:
     max_throttled: int = 20
     adaptive: bool = True
     decrease: float = 0.7
-    increase: float = 0.05
+    probe: float = 0.002
     retry_budget: float | None = 500.0
     stop_on_auth_error: bool = True
     progress_interval: float = 0.2
@@ -228,7 +236,7 @@ class BulkRun:
             max_concurrency=self._concurrency,
             clock=loop_clock,
             decrease=opts.decrease,
-            increase=opts.increase,
+            probe=opts.probe,
         )
         self._budget = RetryBudget(opts.retry_budget) if opts.retry_budget is not None else None
         self._source_lock = asyncio.Lock()
@@ -238,8 +246,10 @@ class BulkRun:
         self._stopped = asyncio.Event()
         self._busy: dict[str, deque[asyncio.Future[None]]] = {}
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=self._concurrency * 2)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stream: AsyncIterator[PatchOutcome] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._supervisor: list[asyncio.Task[None]] = []
+        self._stream: weakref.ref[AsyncGenerator[PatchOutcome, None]] | None = None
+        self._iterated = False
         self._started = 0.0
         self._finished_at: float | None = None
         self._last_progress = 0.0
@@ -256,10 +266,14 @@ class BulkRun:
     # -- the iterator ------------------------------------------------------------------------
 
     def __aiter__(self) -> AsyncIterator[PatchOutcome]:
-        if self._stream is not None:
+        if self._iterated:
             raise RuntimeError("a BulkRun can be iterated only once")
-        self._stream = self._run()
-        return self._stream
+        self._iterated = True
+        stream = self._run()
+        # A weak reference: after a plain `break` the loop drops the generator, and asyncio's
+        # async-generator finaliser then closes it (cancelling the workers) at once.
+        self._stream = weakref.ref(stream)
+        return stream
 
     async def __aenter__(self) -> Self:
         return self
@@ -269,10 +283,17 @@ class BulkRun:
 
     async def aclose(self) -> None:
         """Stop at once: cancel the work in flight and wait until nothing is left running."""
-        if self._stream is not None:
-            await self._stream.aclose()  # type: ignore[attr-defined]
-        else:
-            self._stream = _closed_stream()
+        self._iterated = True
+        stream = self._stream() if self._stream is not None else None
+        if stream is not None:
+            await stream.aclose()
+        await self._cancel_all()  # also when the finaliser closed the stream already
+
+    async def _cancel_all(self) -> None:
+        tasks = [*self._workers, *self._supervisor]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(
         self, reason: str = "stopped by the caller", *, cause: BaseException | None = None
@@ -286,13 +307,14 @@ class BulkRun:
             self._stop_cause = RunStoppedError(f"run stopped: {reason}", cause=cause)
             self._stopped.set()
 
-    async def _run(self) -> AsyncIterator[PatchOutcome]:
+    async def _run(self) -> AsyncGenerator[PatchOutcome, None]:
         self._started = self._clock()
-        self._tasks = [
+        self._workers = [
             asyncio.create_task(self._worker(), name=f"nebius-bulk-worker-{i}")
             for i in range(self._concurrency)
         ]
         supervisor = asyncio.create_task(self._supervise(), name="nebius-bulk-supervisor")
+        self._supervisor = [supervisor]
         try:
             while True:
                 item = await self._results.get()
@@ -305,13 +327,10 @@ class BulkRun:
             if self._source_error is not None:
                 raise self._source_error
         finally:
-            for task in (*self._tasks, supervisor):
-                task.cancel()
-            await asyncio.gather(*self._tasks, supervisor, return_exceptions=True)
-            self._tasks = []
+            await self._cancel_all()
 
     async def _supervise(self) -> None:
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        results = await asyncio.gather(*self._workers, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 # A programming error in a worker: surface it once everything has ended.
@@ -428,7 +447,7 @@ class BulkRun:
                 )
             else:
                 if adaptive:
-                    limiter.on_success()
+                    limiter.on_success(epoch)
                 if budget is not None:
                     budget.on_success()
                 return PatchOutcome(
@@ -466,7 +485,9 @@ class BulkRun:
             if self._options.stop_on_auth_error:
                 self.stop(f"the server refused the API key ({status})", cause=error)
             return None
-        if status in _THROTTLE_STATUSES:
+        if status == 429 or (status == 503 and retry_after is not None):
+            # A 503 without Retry-After is an outage, not a request to slow down: the retry
+            # budget deals with it.
             self.throttled += 1
             if self._options.adaptive:
                 self._limiter.on_throttle(epoch, retry_after)
@@ -542,8 +563,3 @@ class BulkRun:
             retries=self.retries,
             throttled=self.throttled,
         )
-
-
-async def _closed_stream() -> AsyncIterator[PatchOutcome]:
-    return
-    yield  # pragma: no cover - makes this an async generator

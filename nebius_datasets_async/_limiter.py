@@ -5,18 +5,26 @@ without sleeping; ``AdaptiveLimiter.acquire`` is the only coroutine.
 
 How the limiter behaves (the README's bulk section says the same for users):
 
-- Until the first throttle (429, or 503) it does nothing but bound concurrency.
-- A throttle cuts the send rate and the concurrency cap by ``decrease`` (0.7: a 30% cut) at most
-  once per *epoch*: answers to requests that were admitted before the last cut describe the old
-  rate, not the new one, so a volley of 429s from one burst is one signal, not sixty-four.
-- The first cut starts from the rate actually measured over the last second (what was being
-  sent), not from a tiny floor.
-- While requests succeed the rate rises additively by ``increase`` of the rate at the last cut
-  per second (AIMD), and the concurrency cap by one per cap's worth of successes.
-- A server-given ``Retry-After`` pauses every new request until it has passed; when the pause
-  ends, requests leave one pacing slot apart (``1 / rate`` seconds), never as a herd.
-- Requests are paced by reservation (each one books the next free slot), so waiting workers do
-  not wake up and race each other.
+- Until the first throttle (a 429, or a 503 with Retry-After) it only bounds concurrency.
+- Throttles are counted once per *epoch*: answers to requests admitted before the last cut
+  describe the old rate, not the new one, so a volley of 429s from one burst is one signal;
+  and at most one is counted per half second.
+- A counted throttle sets the send rate to the **admitted rate**, measured: the successes of
+  this epoch, less the burst the server allows (learnt from the first throttle, and only when
+  a pause let the server refill), over the time since sending resumed, times ``headroom``.
+  Against a token bucket this is its refill rate. The cut is at least 3% and at most 75% of
+  the rate actually sent, and the rate never falls below ``floor`` (half) of the best admitted
+  rate of the run (which itself halves every minute), so a server that throttles a steady
+  share of requests whatever the rate cannot drive it to nothing.
+- Between throttles the rate creeps up by ``probe`` of itself per second, to follow a limit
+  that rises.
+- The concurrency cap falls by ``decrease`` on each counted throttle (not below a quarter of
+  the maximum) and rises by one per cap's worth of successes (AIMD), for servers that limit
+  concurrency rather than rate.
+- A server-given ``Retry-After`` pauses every new request until it has passed; when it ends,
+  requests leave one pacing slot apart (``1 / rate`` seconds), never as a herd.
+- Pacing is by reservation (each request books the next free slot), so waiting workers never
+  wake up together to race for a token.
 """
 
 from __future__ import annotations
@@ -66,6 +74,13 @@ class RetryBudget:
             self.tokens = min(self.capacity, self.tokens + self.success_refund)
 
 
+_PEAK_HALF_LIFE = 60.0  # seconds
+_RELIABLE_SPAN = 0.5  # seconds of sending before a throttle that make its estimate reliable
+_REMEASURE = 1.3
+_COOLDOWN = 0.5  # seconds: throttles closer than this to the last cut are the same signal
+_PEAK_WINDOW = 0.5  # seconds over which the peak admitted rate is measured
+
+
 class AdaptiveLimiter:
     """Paces and bounds the requests of one bulk run; see the module docstring."""
 
@@ -76,7 +91,9 @@ class AdaptiveLimiter:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         decrease: float = 0.7,
-        increase: float = 0.05,
+        headroom: float = 0.97,
+        probe: float = 0.002,
+        floor: float = 0.5,
         min_rate: float = 0.5,
         burst: float = 1.0,
     ) -> None:
@@ -86,9 +103,12 @@ class AdaptiveLimiter:
         self._sleep = sleep
         self.max_concurrency = max_concurrency
         self.decrease = decrease
-        self.increase = increase
+        self.headroom = headroom
+        self.probe = probe
+        self.floor = floor
         self.min_rate = min_rate
         self.burst = burst
+        now = clock()
         #: Requests per second, or ``None`` while no throttle has been seen.
         self.rate: float | None = None
         #: How many requests may be in flight; ``float`` so that AIMD can add fractions.
@@ -97,14 +117,25 @@ class AdaptiveLimiter:
         self.epoch = 0
         self.cuts = 0
         self.pause_until = -math.inf
+        #: The burst the server allows after a pause, learnt at the first throttle.
+        self.burst_estimate = 0.0
+        self._started = now
         self._next_slot = -math.inf
-        self._rate_at_cut = 0.0
-        self._last_increase = 0.0
+        self._last_growth = now
+        self._last_cut = -math.inf
+        self._first_sends = 0
+        self._first_volley = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        # Sends counted over a sliding window of two one-second buckets.
-        self._bucket_start = clock()
-        self._bucket_sends = 0
-        self._previous_sends = 0
+        # Since the last cut: when sending resumed, what was sent and what succeeded.
+        self._resumed = now
+        self._refilled = False
+        self._sends = 0
+        self._oks = 0
+        # The best admitted rate, over windows of _PEAK_WINDOW seconds.
+        self._window_start = now
+        self._window_oks = 0
+        self._peak = 0.0
+        self._peak_at = now
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -131,7 +162,7 @@ class AdaptiveLimiter:
             rate = self.rate
             if rate is not None:
                 interval = 1.0 / rate
-                slot = max(self._next_slot, now - self.burst * interval, self.pause_until)
+                slot = max(self._next_slot, now - self.burst * interval)
                 self._next_slot = slot + interval
                 if slot > now:
                     self.active += 1  # hold the place while waiting for the slot
@@ -143,7 +174,7 @@ class AdaptiveLimiter:
                         self._wake_next()
                         continue  # the rate was cut or a pause began: book again
             self.active += 1
-            self._count_send(now)
+            self._sends += 1
             return epoch
 
     def release(self) -> None:
@@ -158,61 +189,80 @@ class AdaptiveLimiter:
                 waiter.set_result(None)
                 return
 
-    def _count_send(self, now: float) -> None:
-        elapsed = now - self._bucket_start
-        if elapsed >= 1.0:
-            self._previous_sends = self._bucket_sends if elapsed < 2.0 else 0
-            self._bucket_sends = 0
-            self._bucket_start = now
-        self._bucket_sends += 1
-
-    def send_rate(self) -> float:
-        """Requests per second sent over about the last second."""
-        now = self._clock()
-        elapsed = now - self._bucket_start
-        if elapsed >= 2.0:
-            return 0.0
-        if elapsed >= 1.0:
-            return self._bucket_sends / elapsed
-        return (self._previous_sends * (1.0 - elapsed) + self._bucket_sends) / 1.0
-
     # -- feedback ----------------------------------------------------------------------------
 
-    def on_success(self) -> None:
-        """A request succeeded: raise the rate (AIMD, additive) and the concurrency cap."""
+    def on_success(self, epoch: int) -> None:
+        """A request admitted in ``epoch`` succeeded: count it; raise the concurrency cap and,
+        slowly, the rate.
+        """
+        now = self._clock()
+        if epoch == self.epoch:
+            self._oks += 1
+        self._window_oks += 1
+        if now - self._window_start >= _PEAK_WINDOW:
+            self._note_peak(now, self._window_oks / (now - self._window_start))
+            self._window_start, self._window_oks = now, 0
         if self.concurrency_cap < self.max_concurrency:
             self.concurrency_cap = min(
                 float(self.max_concurrency), self.concurrency_cap + 1.0 / self.concurrency_cap
             )
             self._wake_next()
         rate = self.rate
-        if rate is None:
-            return
-        now = self._clock()
-        dt = now - self._last_increase
-        if dt > 0:
-            self._last_increase = now
-            self.rate = rate + self.increase * self._rate_at_cut * min(dt, 1.0)
+        if rate is not None:
+            dt = now - max(self._last_growth, self.pause_until)
+            if dt > 0:
+                self._last_growth = now
+                self.rate = rate * (1.0 + self.probe * min(dt, 1.0))
 
     def on_throttle(self, epoch: int, retry_after: float | None) -> bool:
-        """A request admitted in ``epoch`` was throttled (429, or 503). Cut the rate and the
-        concurrency cap once per epoch and pause for ``retry_after`` seconds if given. Returns
-        whether this call cut.
+        """A request admitted in ``epoch`` was throttled (429, or 503 with Retry-After). Pause for
+        ``retry_after`` seconds if given; once per epoch, set the rate from the admitted rate
+        and cut the concurrency cap. Returns whether this call cut.
         """
         now = self._clock()
         if retry_after is not None and retry_after > 0:
             self.pause_until = max(self.pause_until, now + retry_after)
-        if epoch != self.epoch:
-            return False  # admitted before the last cut: already accounted for
-        measured = self.send_rate()
-        base = self.rate if self.rate is not None else max(measured, self.min_rate)
-        if self.rate is not None and measured > 0:
-            base = min(base, max(measured, self.min_rate))
-        self.rate = max(self.min_rate, base * self.decrease)
-        self._rate_at_cut = self.rate
-        self._last_increase = max(now, self.pause_until)
-        self._next_slot = max(self._next_slot, now)
-        self.concurrency_cap = max(1.0, self.concurrency_cap * self.decrease)
+        if epoch == 0 and self.cuts:
+            self._first_volley += 1  # the rest of the first volley, answered after the cut
+        if epoch != self.epoch or now - self._last_cut < _COOLDOWN:
+            return False  # admitted before the last cut, or too soon after it: one signal
+        self._last_cut = now
+        span = max(now - self._resumed, 1e-3)
+        sent = max(self._sends / span, self.min_rate)
+        if self.cuts == 1 and self._first_volley < 0.25 * self._first_sends:
+            # Most of the first volley got through: that throttle was not a drained bucket.
+            self.burst_estimate = 0.0
+        if self.rate is None:
+            # The first throttle: what got through before it is the server's burst (when it
+            # came quickly); the rate is what was being admitted.
+            self._first_sends = self._sends
+            if span <= 1.0:
+                self.burst_estimate = float(self._oks)
+            admitted = self._oks / max(span, 0.05)
+        else:
+            drained = self.burst_estimate if self._refilled else 0.0
+            admitted = max(0.0, self._oks - drained) / span
+        if span < _RELIABLE_SPAN:
+            # A quick throttle measures the limit roughly: aim a little above the estimate, so
+            # that the next throttle (if any) comes after a long, accurately measured span.
+            admitted *= _REMEASURE
+        target = self.headroom * min(max(admitted, 0.25 * sent), 0.97 * sent)
+        self.rate = max(target, self.floor * self._note_peak(now, 0.0), self.min_rate)
+        self.concurrency_cap = max(
+            1.0, 0.25 * self.max_concurrency, self.concurrency_cap * self.decrease
+        )
         self.epoch += 1
         self.cuts += 1
+        self._resumed = max(now, self.pause_until)
+        self._refilled = self.pause_until > now
+        self._sends = self._oks = 0
+        self._last_growth = now
+        self._next_slot = max(self._next_slot, self._resumed)
         return True
+
+    def _note_peak(self, now: float, admitted: float) -> float:
+        """Record an admitted rate; return the run's best, halving every minute."""
+        decay = 0.5 ** ((now - self._peak_at) / _PEAK_HALF_LIFE)
+        self._peak = max(self._peak * decay, admitted)
+        self._peak_at = now
+        return self._peak

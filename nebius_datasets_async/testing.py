@@ -117,9 +117,13 @@ class RecordedRequest:
 class ServerStats:
     """Counters of the fake: requests, responses by status, resets and concurrency."""
 
+    in_flight_by_id: Counter[str] = attrs.Factory(Counter)
+
     requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    #: The most requests for one dataset id ever in flight at once.
+    max_in_flight_per_id: int = 0
     resets: int = 0
     applied: int = 0
     statuses: Counter[int] = attrs.Factory(Counter)
@@ -332,10 +336,16 @@ class FakeDatasetsServer:
         stats.requests += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        key = request.raw_path
+        stats.in_flight_by_id[key] += 1
+        stats.max_in_flight_per_id = max(stats.max_in_flight_per_id, stats.in_flight_by_id[key])
         try:
             response = await self._respond(request)
         finally:
             stats.in_flight -= 1
+            stats.in_flight_by_id[key] -= 1
+            if not stats.in_flight_by_id[key]:
+                del stats.in_flight_by_id[key]
         if response is not None:
             stats.statuses[response.status] += 1
             return response

@@ -62,13 +62,18 @@ def _is_server_task(task: asyncio.Task[Any]) -> bool:
     return name.startswith(("RequestHandler.", "FakeDatasetsServer."))
 
 
-async def client_tasks_left() -> set[asyncio.Task[Any]]:
-    """The tasks still pending besides this one and the fake server's, after a short settle."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def client_tasks_left(settle: float = 1.0) -> set[asyncio.Task[Any]]:
+    """The tasks still pending besides this one and the fake server's, once they had up to
+    ``settle`` seconds to finish (cancelled work needs a few loop turns to unwind).
+    """
     current = asyncio.current_task()
-    pending = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
-    return {t for t in pending if not _is_server_task(t)}
+    deadline = asyncio.get_running_loop().time() + settle
+    while True:
+        pending = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+        left = {t for t in pending if not _is_server_task(t)}
+        if not left or asyncio.get_running_loop().time() > deadline:
+            return left
+        await asyncio.sleep(0.01)
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
