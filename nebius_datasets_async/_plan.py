@@ -100,7 +100,7 @@ def _update(line: int, fields: dict[str, Any]) -> DatasetUpdate:
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | PlanError]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
+        reader = csv.reader(f, strict=True)
         first = True
         try:
             for row in reader:

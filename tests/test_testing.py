@@ -1,0 +1,213 @@
+"""The fake server's own contract: status and body rules, fault injection, the pytest plugin."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from nebius_datasets_async import DatasetsClient, NotFoundError, RateLimitError, RetryPolicy
+from nebius_datasets_async.testing import FakeDatasetsServer, Faults, make_dataset
+
+
+async def raw(
+    fake: FakeDatasetsServer,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    key: str | None = "default",
+) -> tuple[int, CIMultiDict[str], Any]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {fake.api_key if key == 'default' else key}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, fake.base_url + path, data=body, headers=headers) as resp,
+    ):
+        text = await resp.read()
+        return resp.status, CIMultiDict(resp.headers), json.loads(text) if text else None
+
+
+async def test_patch_applies_only_the_given_fields(fake: FakeDatasetsServer) -> None:
+    """A PATCH with name only changes the name; null leaves a field unchanged."""
+    dataset_id = fake.dataset_ids[0]
+    before = dict(fake.store[dataset_id])
+    body = json.dumps({"name": "renamed", "folder": None}).encode()
+    status, _, record = await raw(fake, "PATCH", f"/v1/datasets/{dataset_id}", body=body)
+    assert status == 200
+    assert record == {**before, "name": "renamed"}
+    assert fake.store[dataset_id] == record
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "kind"),
+    [
+        (b'{"name": ""}', ["body", "name"], "string_too_short"),
+        (b'{"folder": 5}', ["body", "folder"], "string_type"),
+        (b'{"name": "x", "owner": "me"}', ["body", "owner"], "extra_forbidden"),
+        (b'{"name": ', ["body", 0], "json_invalid"),
+        (b'["name"]', ["body"], "model_attributes_type"),
+        (b"", ["body"], "missing"),
+    ],
+)
+async def test_invalid_bodies_get_fastapi_422(
+    fake: FakeDatasetsServer, body: bytes, loc: list[Any], kind: str
+) -> None:
+    """Each invalid body is a 422 with FastAPI's detail list, and changes nothing."""
+    dataset_id = fake.dataset_ids[0]
+    before = dict(fake.store[dataset_id])
+    status, _, payload = await raw(fake, "PATCH", f"/v1/datasets/{dataset_id}", body=body)
+    assert status == 422
+    (error,) = payload["detail"]
+    assert error["loc"] == loc
+    assert error["type"] == kind
+    assert isinstance(error["msg"], str)
+    assert fake.store[dataset_id] == before
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+async def test_missing_or_wrong_key_is_401(fake: FakeDatasetsServer, key: str | None) -> None:
+    """Without the right bearer token every request is 401 with a string detail."""
+    status, _, payload = await raw(fake, "GET", f"/v1/datasets/{fake.dataset_ids[0]}", key=key)
+    assert status == 401
+    assert isinstance(payload["detail"], str)
+
+
+@pytest.mark.parametrize("path", ["/v1/datasets/nope", "/v1/datasets/a/b", "/v1/other", "/"])
+async def test_unknown_ids_and_paths_are_404(fake: FakeDatasetsServer, path: str) -> None:
+    """Unknown ids, extra segments and other paths are 404."""
+    status, headers, payload = await raw(fake, "GET", path)
+    assert status == 404
+    assert "detail" in payload
+    assert headers["x-request-id"].startswith("req-")
+
+
+async def test_ids_are_percent_decoded_from_one_segment(fake: FakeDatasetsServer) -> None:
+    """%2F in the path is part of the id, not a separator."""
+    fake.store["a/b"] = make_dataset(0, id="a/b")
+    status, _, record = await raw(fake, "GET", "/v1/datasets/a%2Fb")
+    assert status == 200
+    assert record["id"] == "a/b"
+
+
+async def test_unsupported_method_is_405(fake: FakeDatasetsServer) -> None:
+    """Only GET and PATCH exist."""
+    status, _, _ = await raw(fake, "DELETE", f"/v1/datasets/{fake.dataset_ids[0]}")
+    assert status == 405
+
+
+def test_seeded_records_follow_the_contract() -> None:
+    """Every seeded record has every documented field with the documented type."""
+    record = make_dataset(3, seed=1)
+    assert len(record["id"]) == 32
+    assert record["status"] == "READY"
+    assert record["schema"][1]["type"] == {"name": "option", "item": {"name": "string"}}
+    assert isinstance(record["created_at"], int)
+    assert record["current_version_origin"]["type"] == "s3"
+    assert make_dataset(3, seed=1) == record
+    assert make_dataset(3, seed=2)["id"] != record["id"]
+
+
+def test_faults_refuse_impossible_probabilities() -> None:
+    """A probability outside [0, 1] is a configuration error."""
+    with pytest.raises(ValueError, match="rate_429"):
+        Faults(rate_429=1.5)
+
+
+async def test_faults_are_repeatable_for_a_seed() -> None:
+    """The same seed gives the same fault for the same id and attempt, whatever the order."""
+
+    async def statuses(order: list[str]) -> dict[str, int]:
+        faults = Faults(rate_500=0.3, rate_429=0.2, seed=11)
+        async with FakeDatasetsServer(datasets=0, faults=faults) as fake:
+            for i in order:
+                fake.store[i] = make_dataset(0, id=i)
+            seen = {}
+            for i in order:
+                seen[i], _, _ = await raw(fake, "GET", f"/v1/datasets/{i}")
+            return seen
+
+    ids = [f"id-{n}" for n in range(40)]
+    first = await statuses(ids)
+    second = await statuses(list(reversed(ids)))
+    assert first == second
+    assert {200, 429, 500} <= set(first.values())
+
+
+async def test_fail_next_scripts_exact_answers(fake: FakeDatasetsServer) -> None:
+    """fail_next gives the next requests exactly the status, Retry-After and detail asked."""
+    fake.fail_next(1, status=429, retry_after=3, detail="slow down")
+    status, headers, payload = await raw(fake, "GET", f"/v1/datasets/{fake.dataset_ids[0]}")
+    assert (status, headers["Retry-After"], payload["detail"]) == (429, "3", "slow down")
+    status, _, _ = await raw(fake, "GET", f"/v1/datasets/{fake.dataset_ids[0]}")
+    assert status == 200
+
+
+async def test_applied_then_500(fake: FakeDatasetsServer) -> None:
+    """apply=True changes the record and still answers the error."""
+    dataset_id = fake.dataset_ids[0]
+    fake.fail_next(1, status=500, apply=True)
+    status, _, _ = await raw(
+        fake, "PATCH", f"/v1/datasets/{dataset_id}", body=b'{"folder": "/after"}'
+    )
+    assert status == 500
+    assert fake.store[dataset_id]["folder"] == "/after"
+
+
+async def test_token_bucket_answers_429_with_retry_after() -> None:
+    """A request that finds the bucket empty gets 429 with the configured Retry-After."""
+    faults = Faults(rate_limit=1, burst=2, rate_limit_retry_after=4)
+    async with FakeDatasetsServer(datasets=1, faults=faults) as fake:
+        path = f"/v1/datasets/{fake.dataset_ids[0]}"
+        results = [await raw(fake, "GET", path) for _ in range(3)]
+    assert [r[0] for r in results] == [200, 200, 429]
+    assert results[2][1]["Retry-After"] == "4"
+
+
+async def test_counters_and_request_log(fake: FakeDatasetsServer, client: DatasetsClient) -> None:
+    """stats and requests record what was received."""
+    await client.rename(fake.dataset_ids[0], "n")
+    with pytest.raises(NotFoundError):
+        await client.get_dataset("missing")
+    assert fake.stats.requests == 2
+    assert fake.stats.applied == 1
+    assert fake.stats.statuses == {200: 1, 404: 1}
+    assert [r.method for r in fake.requests] == ["PATCH", "GET"]
+    assert fake.applied_requests(fake.dataset_ids[0])[0].json == {"name": "n"}
+
+
+async def test_a_stopped_server_can_start_again_on_its_port() -> None:
+    """stop() then start() serves on the same port (for restart tests)."""
+    fake = FakeDatasetsServer(datasets=1)
+    await fake.start()
+    port = fake.port
+    await fake.stop()
+    await fake.start()
+    try:
+        assert fake.port == port
+        status, _, _ = await raw(fake, "GET", f"/v1/datasets/{fake.dataset_ids[0]}")
+        assert status == 200
+    finally:
+        await fake.stop()
+
+
+async def test_plugin_fixtures(
+    nebius_fake: FakeDatasetsServer, nebius_client: DatasetsClient
+) -> None:
+    """The pytest plugin's fixtures give a started fake and a client pointed at it."""
+    assert len(nebius_fake.store) == 100
+    ds = await nebius_client.move(nebius_fake.dataset_ids[0], "/plugin")
+    assert ds.folder == "/plugin"
+
+
+@pytest.mark.nebius_fake(datasets=3, faults=Faults(rate_429=1.0, retry_after=None))
+async def test_plugin_marker_configures_the_fake(nebius_fake: FakeDatasetsServer) -> None:
+    """@pytest.mark.nebius_fake passes its arguments to the fake."""
+    assert len(nebius_fake.store) == 3
+    async with nebius_fake.client(retry=RetryPolicy.never()) as client:
+        with pytest.raises(RateLimitError):
+            await client.get_dataset(nebius_fake.dataset_ids[0])
