@@ -45,6 +45,7 @@ __all__ = [
     "FakeDatasetsServer",
     "RecordedRequest",
     "ServerStats",
+    "fake_dataset_id",
     "make_dataset",
 ]
 
@@ -136,6 +137,11 @@ class _Scripted:
     apply: bool
     reset: bool
     detail: str | None
+
+
+def fake_dataset_id(index: int, *, seed: int = 0) -> str:
+    """The id ``make_dataset(index, seed=seed)`` (and so the fake's store) gives a record."""
+    return hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:32]
 
 
 def make_dataset(index: int, *, seed: int = 0, **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,203 @@
+"""One benchmark run of one contender, in its own process.
+
+Usage: python benchmarks/contenders.py NAME '{"base_url": ..., "api_key": ..., "n": 5000,
+        "datasets": 5000, "concurrency": 32, "cpu": 0}'
+
+Prints one JSON line: wall and CPU seconds of this process, peak RSS, outcomes and the
+requests it sent. The baselines are written plainly, as a competent user would write them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+
+from nebius_datasets_async import DatasetsClient, DatasetsError, DatasetUpdate
+from nebius_datasets_async.testing import fake_dataset_id
+
+Result = dict[str, Any]
+
+
+def updates(cfg: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(dataset_id, new folder) for update i, cycling over the fake's ids."""
+    datasets = cfg["datasets"]
+    for i in range(cfg["n"]):
+        yield fake_dataset_id(i % datasets), f"/bench/{i % 97}"
+
+
+# -- ours ---------------------------------------------------------------------------------------
+
+
+async def ours(cfg: dict[str, Any]) -> Result:
+    async with DatasetsClient(
+        api_key=cfg["api_key"], base_url=cfg["base_url"], max_concurrency=cfg["concurrency"]
+    ) as client:
+        report = await client.patch_all(DatasetUpdate(i, folder=f) for i, f in updates(cfg))
+    return {"ok": report.succeeded, "failed": report.failed + report.skipped,
+            "requests": report.requests}
+
+
+async def ours_gather(cfg: dict[str, Any]) -> Result:
+    """Baseline (c): asyncio.gather over one coroutine per update (our single calls)."""
+    ok = failed = 0
+    async with DatasetsClient(
+        api_key=cfg["api_key"], base_url=cfg["base_url"], max_concurrency=cfg["concurrency"]
+    ) as client:
+
+        async def one(dataset_id: str, folder: str) -> None:
+            nonlocal ok, failed
+            try:
+                await client.move(dataset_id, folder)
+                ok += 1
+            except DatasetsError:
+                failed += 1
+
+        await asyncio.gather(*(one(i, f) for i, f in updates(cfg)))
+    return {"ok": ok, "failed": failed, "requests": None}
+
+
+# -- baseline (a): hand-written aiohttp -----------------------------------------------------------
+
+
+async def raw_aiohttp(cfg: dict[str, Any]) -> Result:
+    headers = {"Authorization": f"Bearer {cfg['api_key']}", "Content-Type": "application/json"}
+    sem = asyncio.Semaphore(cfg["concurrency"])
+    ok = failed = 0
+    connector = aiohttp.TCPConnector(limit=cfg["concurrency"])
+    async with aiohttp.ClientSession(cfg["base_url"], headers=headers, connector=connector) as s:
+
+        async def one(dataset_id: str, folder: str) -> None:
+            nonlocal ok, failed
+            async with sem:
+                try:
+                    async with s.patch(
+                        f"/v1/datasets/{dataset_id}", data=json.dumps({"folder": folder})
+                    ) as resp:
+                        body = json.loads(await resp.read())
+                        if resp.status == 200 and body["folder"] == folder:
+                            ok += 1
+                        else:
+                            failed += 1
+                except aiohttp.ClientError:
+                    failed += 1
+
+        await asyncio.gather(*(one(i, f) for i, f in updates(cfg)))
+    return {"ok": ok, "failed": failed, "requests": ok + failed}
+
+
+# -- baseline (b): httpx ----------------------------------------------------------------------------
+
+
+async def raw_httpx(cfg: dict[str, Any]) -> Result:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {cfg['api_key']}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=cfg["concurrency"])
+    sem = asyncio.Semaphore(cfg["concurrency"])
+    ok = failed = 0
+    async with httpx.AsyncClient(base_url=cfg["base_url"], headers=headers, limits=limits) as c:
+
+        async def one(dataset_id: str, folder: str) -> None:
+            nonlocal ok, failed
+            async with sem:
+                try:
+                    resp = await c.patch(
+                        f"/v1/datasets/{dataset_id}", content=json.dumps({"folder": folder})
+                    )
+                    if resp.status_code == 200 and resp.json()["folder"] == folder:
+                        ok += 1
+                    else:
+                        failed += 1
+                except httpx.HTTPError:
+                    failed += 1
+
+        await asyncio.gather(*(one(i, f) for i, f in updates(cfg)))
+    return {"ok": ok, "failed": failed, "requests": ok + failed}
+
+
+# -- baseline (d): fixed concurrency with OpenAI-SDK-style retries ------------------------------
+
+
+async def openai_style(cfg: dict[str, Any]) -> Result:
+    """Fixed concurrency; per request up to 2 retries with exponential backoff (0.5 s doubling,
+    at most 8 s, minus up to 25% jitter) or the server's Retry-After when it is under 60 s;
+    retried on 408, 409, 429, 5xx and connection errors. No shared pause, no budget.
+    """
+    headers = {"Authorization": f"Bearer {cfg['api_key']}", "Content-Type": "application/json"}
+    sem = asyncio.Semaphore(cfg["concurrency"])
+    ok = failed = requests = 0
+    max_retries = 2
+    connector = aiohttp.TCPConnector(limit=cfg["concurrency"])
+    async with aiohttp.ClientSession(cfg["base_url"], headers=headers, connector=connector) as s:
+
+        async def one(dataset_id: str, folder: str) -> None:
+            nonlocal ok, failed, requests
+            async with sem:
+                for attempt in range(max_retries + 1):
+                    requests += 1
+                    retry_after = None
+                    try:
+                        async with s.patch(
+                            f"/v1/datasets/{dataset_id}", data=json.dumps({"folder": folder})
+                        ) as resp:
+                            await resp.read()
+                            if resp.status == 200:
+                                ok += 1
+                                return
+                            retryable = resp.status in (408, 409, 429) or resp.status >= 500
+                            header = resp.headers.get("Retry-After")
+                            if header is not None:
+                                try:
+                                    retry_after = float(header)
+                                except ValueError:
+                                    retry_after = None
+                    except aiohttp.ClientError:
+                        retryable = True
+                    if not retryable or attempt == max_retries:
+                        failed += 1
+                        return
+                    if retry_after is not None and 0 < retry_after <= 60:
+                        delay = retry_after
+                    else:
+                        delay = min(0.5 * 2.0**attempt, 8.0) * (1 - 0.25 * random.random())
+                    await asyncio.sleep(delay)
+
+        await asyncio.gather(*(one(i, f) for i, f in updates(cfg)))
+    return {"ok": ok, "failed": failed, "requests": requests}
+
+
+CONTENDERS: dict[str, Callable[[dict[str, Any]], Awaitable[Result]]] = {
+    "ours": ours,
+    "gather": ours_gather,
+    "aiohttp": raw_aiohttp,
+    "httpx": raw_httpx,
+    "openai_style": openai_style,
+}
+
+
+def main() -> None:
+    import os
+
+    name, cfg = sys.argv[1], json.loads(sys.argv[2])
+    cpu = cfg.get("cpu")
+    if cpu is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {int(cpu)})
+    started_cpu = time.process_time()
+    started = time.perf_counter()
+    result = asyncio.run(CONTENDERS[name](cfg))
+    result["wall"] = time.perf_counter() - started
+    result["cpu"] = time.process_time() - started_cpu
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Run every benchmark scenario side by side and write benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/run.py            # the full run (about ten minutes)
+    .venv/bin/python benchmarks/run.py --quick    # small sizes, one repetition (under a minute)
+
+Each run starts the fake server in its own process pinned to CPU 1 and the contender in its own
+process pinned to CPU 0, so the client's CPU time is its own. Contenders alternate within each
+repetition; the table shows the median of the repetitions and the spread (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import timeit
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+HERE = Path(__file__).resolve().parent
+Run = dict[str, Any]
+
+
+@attrs.frozen
+class Scenario:
+    key: str
+    title: str
+    contenders: tuple[str, ...]
+    n: int
+    concurrency: int
+    faults: dict[str, Any] = attrs.field(factory=dict)
+    datasets: int = 5000
+    # Per contender: a different number of updates (a slow baseline on a smaller sample).
+    n_for: dict[str, int] = attrs.field(factory=dict)
+
+
+def scenarios(quick: bool, tiny: bool) -> list[Scenario]:
+    scale = 0.01 if tiny else (0.1 if quick else 1.0)
+
+    def n(full: int) -> int:
+        return max(50, int(full * scale))
+
+    return [
+        Scenario("overhead", "1. Client overhead: PATCH, no server delay, concurrency 32",
+                 ("ours", "aiohttp", "httpx"), n(5000), 32),
+        Scenario("latency", "2. Latency-bound: PATCH, 50 ms server latency, concurrency 64",
+                 ("ours", "aiohttp"), n(5000), 64, {"latency": 0.05}),
+        Scenario("memory_small", "3a. Memory: updates from a generator (small run)",
+                 ("ours", "gather"), n(20_000), 64),
+        Scenario("memory_large", "3b. Memory: updates from a generator (10x the small run)",
+                 ("ours", "gather"), n(200_000), 64),
+        Scenario("ratelimit", "4. Rate-limited: token bucket 200/s, burst 20, Retry-After 1",
+                 ("ours", "openai_style"), n(4000), 64,
+                 {"rate_limit": 200, "burst": 20, "rate_limit_retry_after": 1}),
+        Scenario("outage", "5. Outage: every request answered 503",
+                 ("ours", "openai_style"), n(10_000), 64, {"rate_503": 1.0},
+                 n_for={"openai_style": n(1000)}),
+    ]
+
+
+def run_once(scenario: Scenario, contender: str) -> Run:
+    server_cfg = {"datasets": min(scenario.datasets, scenario.n), "faults": scenario.faults,
+                  "cpu": 1}
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "server.py"), json.dumps(server_cfg)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        hello = json.loads(server.stdout.readline())
+        cfg = {**hello, "n": scenario.n_for.get(contender, scenario.n),
+               "datasets": server_cfg["datasets"], "concurrency": scenario.concurrency, "cpu": 0}
+        out = subprocess.run(
+            [sys.executable, str(HERE / "contenders.py"), contender, json.dumps(cfg)],
+            capture_output=True, text=True, timeout=900, check=True,
+        )
+        result: Run = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        stats_line = server.communicate(timeout=30)[0].strip().splitlines()
+    stats = json.loads(stats_line[-1]) if stats_line else {}
+    result["n"] = cfg["n"]
+    result["server_requests"] = stats.get("requests")
+    result["server_429"] = stats.get("statuses", {}).get("429", 0)
+    result["server_max_in_flight"] = stats.get("max_in_flight")
+    return result
+
+
+def median(runs: list[Run], key: str) -> float:
+    return statistics.median(float(r[key]) for r in runs)
+
+
+def spread(runs: list[Run], key: str, fmt: str) -> str:
+    values = [float(r[key]) for r in runs]
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
+def structuring(iterations: int) -> dict[str, float]:
+    """Microseconds to turn one Dataset body (bytes) into a model, per library."""
+    sys.path.insert(0, str(HERE))
+    from structuring import cases
+
+    results = {}
+    for name, fn in cases().items():
+        fn()
+        best = min(timeit.repeat(fn, number=iterations, repeat=5))
+        results[name] = best / iterations * 1e6
+    return results
+
+
+def machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
+        f"aiohttp {version('aiohttp')}, attrs {version('attrs')}, cattrs {version('cattrs')}, "
+        f"httpx {version('httpx')}; {platform.system()} {platform.release()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (for the suite)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--only", help="comma-separated scenario keys")
+    args = parser.parse_args(argv)
+    reps = args.reps or (1 if args.quick or args.tiny else 3)
+    chosen = scenarios(args.quick, args.tiny)
+    if args.only:
+        keep = set(args.only.split(","))
+        chosen = [s for s in chosen if s.key in keep]
+    started = time.monotonic()
+    runs: dict[str, dict[str, list[Run]]] = {}
+    for scenario in chosen:
+        runs[scenario.key] = {c: [] for c in scenario.contenders}
+        for rep in range(reps):
+            order = scenario.contenders if rep % 2 == 0 else tuple(reversed(scenario.contenders))
+            for contender in order:
+                result = run_once(scenario, contender)
+                runs[scenario.key][contender].append(result)
+                print(f"{scenario.key:<13} {contender:<13} rep {rep + 1}: "
+                      f"wall {result['wall']:.2f}s cpu {result['cpu']:.2f}s "
+                      f"rss {result['peak_rss_mb']:.0f}MB ok {result['ok']} "
+                      f"failed {result['failed']} 429s {result['server_429']}",
+                      file=sys.stderr, flush=True)
+    micro = structuring(200 if args.tiny else 20_000)
+    text = render(chosen, runs, micro, reps, args, time.monotonic() - started)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+def render(
+    chosen: list[Scenario],
+    runs: dict[str, dict[str, list[Run]]],
+    micro: dict[str, float],
+    reps: int,
+    args: argparse.Namespace,
+    seconds: float,
+) -> str:
+    mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; mode: {mode}; "
+        f"median of {reps} repetition(s), spread min-max; took {seconds:.0f}s",
+        f"- Machine: {machine()}",
+        "- Server: the package's fake API in its own process on CPU 1; each contender in its "
+        "own process on CPU 0. Reproduce: `.venv/bin/python benchmarks/run.py`",
+        "",
+        "| scenario | contender | updates | wall s | client CPU us/update | peak RSS MB | "
+        "requests/update | 429 share | ok | failed | ratio to ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for by_contender in runs.values():
+        for rs in by_contender.values():
+            for r in rs:
+                r["per_update_requests"] = r["server_requests"] / r["n"]
+                r["cpu_us"] = r["cpu"] / r["n"] * 1e6
+                r["share_429"] = r["server_429"] / max(r["server_requests"], 1)
+    for scenario in chosen:
+        by = runs[scenario.key]
+        base = by["ours"]
+        metric = _headline(scenario.key)
+        for contender, rs in by.items():
+            n = rs[0]["n"]
+            reqs = median(rs, "server_requests")
+            ratio = median(rs, metric) / median(base, metric) if median(base, metric) else 0
+            if scenario.key.startswith("memory"):
+                ratio_text = f"RSS {ratio:.2f}x"
+            elif metric == "per_update_requests":
+                ratio_text = f"requests {ratio:.2f}x"
+            elif metric == "cpu_us":
+                ratio_text = f"CPU {ratio:.2f}x"
+            else:
+                ratio_text = f"{metric} {ratio:.2f}x"
+            lines.append(
+                f"| {scenario.title} | {contender} | {n} | {spread(rs, 'wall', '.2f')} | "
+                f"{spread(rs, 'cpu_us', '.0f')} | {spread(rs, 'peak_rss_mb', '.0f')} | "
+                f"{reqs / n:.2f} | {median(rs, 'share_429'):.3f} | "
+                f"{int(median(rs, 'ok'))} | {int(median(rs, 'failed'))} | {ratio_text} |"
+            )
+    lines += _derived(chosen, runs)
+    lines += ["", "## Structuring one Dataset body (bytes to model)", "",
+              "| library | us per object |", "|---|---|"]
+    lines += [f"| {name} | {us:.1f} |" for name, us in micro.items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _headline(key: str) -> str:
+    """The figure a scenario's ratio is taken on."""
+    return {
+        "overhead": "cpu_us",
+        "latency": "wall",
+        "memory_small": "peak_rss_mb",
+        "memory_large": "peak_rss_mb",
+        "ratelimit": "wall",
+        "outage": "per_update_requests",
+    }[key]
+
+
+def _derived(chosen: list[Scenario], runs: dict[str, dict[str, list[Run]]]) -> list[str]:
+    """The figures the targets are stated in."""
+    out = ["", "## Against the targets", ""]
+    keys = {s.key: s for s in chosen}
+    if "overhead" in keys:
+        by = runs["overhead"]
+        ours, raw = median(by["ours"], "cpu_us"), median(by["aiohttp"], "cpu_us")
+        httpx = median(by["httpx"], "cpu_us")
+        out.append(f"- Client overhead: ours {ours:.0f} us/update vs hand-written aiohttp "
+                   f"{raw:.0f} ({ours / raw:.2f}x; target <= 1.15x); httpx {httpx:.0f} "
+                   f"({httpx / ours:.1f}x ours).")
+    if "latency" in keys:
+        s = keys["latency"]
+        by = runs["latency"]
+        bound = s.n * 0.05 / s.concurrency
+        ours, raw = median(by["ours"], "wall"), median(by["aiohttp"], "wall")
+        out.append(f"- Latency-bound: ours {ours:.2f}s vs aiohttp {raw:.2f}s ({ours / raw:.3f}x; "
+                   f"target <= 1.05x); Little's-law bound N*L/C = {bound:.2f}s: ours "
+                   f"{ours / bound:.2f}x, aiohttp {raw / bound:.2f}x of it.")
+    if "memory_small" in keys and "memory_large" in keys:
+        small, large = runs["memory_small"], runs["memory_large"]
+        growth = {c: median(large[c], "peak_rss_mb") - median(small[c], "peak_rss_mb")
+                  for c in small}
+        out.append(f"- Memory growth from {keys['memory_small'].n} to {keys['memory_large'].n} "
+                   f"updates: ours {growth['ours']:+.1f} MB (target < 10 MB), gather "
+                   f"{growth['gather']:+.1f} MB.")
+    if "ratelimit" in keys:
+        s = keys["ratelimit"]
+        by = runs["ratelimit"]
+        ideal = s.n / 200
+        ours = median(by["ours"], "wall")
+        share = median(by["ours"], "share_429")
+        d = by["openai_style"]
+        out.append(f"- Rate-limited: ours {ours:.2f}s = {ours / ideal:.3f}x N/R ({ideal:.0f}s; "
+                   f"target <= 1.10x), {share:.1%} of requests answered 429 (target < 5%); "
+                   f"baseline (d) {median(d, 'wall'):.2f}s, {median(d, 'share_429'):.1%} 429s, "
+                   f"{int(median(d, 'failed'))} of {d[0]['n']} updates failed.")
+    if "outage" in keys:
+        by = runs["outage"]
+        out.append(f"- Outage: ours {median(by['ours'], 'per_update_requests'):.3f} requests "
+                   f"per update (target <= 1.2), in {median(by['ours'], 'wall'):.1f}s; "
+                   f"baseline (d) {median(by['openai_style'], 'per_update_requests'):.2f} "
+                   f"(measured on {by['openai_style'][0]['n']} updates).")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
