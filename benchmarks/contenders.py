@@ -33,7 +33,7 @@ def updates(cfg: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield fake_dataset_id(i % datasets), f"/bench/{i % 97}"
 
 
-# -- ours ---------------------------------------------------------------------------------------
+# -- ours ------------------------------------------------------------------------------------
 
 
 async def ours(cfg: dict[str, Any]) -> Result:
@@ -41,8 +41,11 @@ async def ours(cfg: dict[str, Any]) -> Result:
         api_key=cfg["api_key"], base_url=cfg["base_url"], max_concurrency=cfg["concurrency"]
     ) as client:
         report = await client.patch_all(DatasetUpdate(i, folder=f) for i, f in updates(cfg))
-    return {"ok": report.succeeded, "failed": report.failed + report.skipped,
-            "requests": report.requests}
+    return {
+        "ok": report.succeeded,
+        "failed": report.failed + report.skipped,
+        "requests": report.requests,
+    }
 
 
 async def ours_gather(cfg: dict[str, Any]) -> Result:
@@ -64,7 +67,7 @@ async def ours_gather(cfg: dict[str, Any]) -> Result:
     return {"ok": ok, "failed": failed, "requests": None}
 
 
-# -- baseline (a): hand-written aiohttp -----------------------------------------------------------
+# -- baseline (a): hand-written aiohttp -----------------------------------------------------
 
 
 async def raw_aiohttp(cfg: dict[str, Any]) -> Result:
@@ -93,7 +96,7 @@ async def raw_aiohttp(cfg: dict[str, Any]) -> Result:
     return {"ok": ok, "failed": failed, "requests": ok + failed}
 
 
-# -- baseline (b): httpx ----------------------------------------------------------------------------
+# -- baseline (b): httpx ---------------------------------------------------------------------
 
 
 async def raw_httpx(cfg: dict[str, Any]) -> Result:
@@ -123,7 +126,7 @@ async def raw_httpx(cfg: dict[str, Any]) -> Result:
     return {"ok": ok, "failed": failed, "requests": ok + failed}
 
 
-# -- baseline (d): fixed concurrency with OpenAI-SDK-style retries ------------------------------
+# -- baseline (d): fixed concurrency with OpenAI-SDK-style retries ----------------------------
 
 
 async def openai_style(cfg: dict[str, Any]) -> Result:

@@ -49,38 +49,82 @@ def scenarios(quick: bool, tiny: bool) -> list[Scenario]:
         return max(50, int(full * scale))
 
     return [
-        Scenario("overhead", "1. Client overhead: PATCH, no server delay, concurrency 32",
-                 ("ours", "aiohttp", "httpx"), n(5000), 32),
-        Scenario("latency", "2. Latency-bound: PATCH, 50 ms server latency, concurrency 64",
-                 ("ours", "aiohttp"), n(5000), 64, {"latency": 0.05}),
-        Scenario("memory_small", "3a. Memory: updates from a generator (small run)",
-                 ("ours", "gather"), n(20_000), 64),
-        Scenario("memory_large", "3b. Memory: updates from a generator (10x the small run)",
-                 ("ours", "gather"), n(200_000), 64),
-        Scenario("ratelimit", "4. Rate-limited: token bucket 200/s, burst 20, Retry-After 1",
-                 ("ours", "openai_style"), n(4000), 64,
-                 {"rate_limit": 200, "burst": 20, "rate_limit_retry_after": 1}),
-        Scenario("outage", "5. Outage: every request answered 503",
-                 ("ours", "openai_style"), n(10_000), 64, {"rate_503": 1.0},
-                 n_for={"openai_style": n(1000)}),
+        Scenario(
+            "overhead",
+            "1. Client overhead: PATCH, no server delay, concurrency 32",
+            ("ours", "aiohttp", "httpx"),
+            n(5000),
+            32,
+        ),
+        Scenario(
+            "latency",
+            "2. Latency-bound: PATCH, 50 ms server latency, concurrency 64",
+            ("ours", "aiohttp"),
+            n(5000),
+            64,
+            {"latency": 0.05},
+        ),
+        Scenario(
+            "memory_small",
+            "3a. Memory: updates from a generator (small run)",
+            ("ours", "gather"),
+            n(20_000),
+            64,
+        ),
+        Scenario(
+            "memory_large",
+            "3b. Memory: updates from a generator (10x the small run)",
+            ("ours", "gather"),
+            n(200_000),
+            64,
+        ),
+        Scenario(
+            "ratelimit",
+            "4. Rate-limited: token bucket 200/s, burst 20, Retry-After 1",
+            ("ours", "openai_style"),
+            n(4000),
+            64,
+            {"rate_limit": 200, "burst": 20, "rate_limit_retry_after": 1},
+        ),
+        Scenario(
+            "outage",
+            "5. Outage: every request answered 503",
+            ("ours", "openai_style"),
+            n(10_000),
+            64,
+            {"rate_503": 1.0},
+            n_for={"openai_style": n(1000)},
+        ),
     ]
 
 
 def run_once(scenario: Scenario, contender: str) -> Run:
-    server_cfg = {"datasets": min(scenario.datasets, scenario.n), "faults": scenario.faults,
-                  "cpu": 1}
+    server_cfg = {
+        "datasets": min(scenario.datasets, scenario.n),
+        "faults": scenario.faults,
+        "cpu": 1,
+    }
     server = subprocess.Popen(
         [sys.executable, str(HERE / "server.py"), json.dumps(server_cfg)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
         hello = json.loads(server.stdout.readline())
-        cfg = {**hello, "n": scenario.n_for.get(contender, scenario.n),
-               "datasets": server_cfg["datasets"], "concurrency": scenario.concurrency, "cpu": 0}
+        cfg = {
+            **hello,
+            "n": scenario.n_for.get(contender, scenario.n),
+            "datasets": server_cfg["datasets"],
+            "concurrency": scenario.concurrency,
+            "cpu": 0,
+        }
         out = subprocess.run(
             [sys.executable, str(HERE / "contenders.py"), contender, json.dumps(cfg)],
-            capture_output=True, text=True, timeout=900, check=True,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
         )
         result: Run = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
@@ -151,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             for contender in order:
                 result = run_once(scenario, contender)
                 runs[scenario.key][contender].append(result)
-                print(f"{scenario.key:<13} {contender:<13} rep {rep + 1}: "
-                      f"wall {result['wall']:.2f}s cpu {result['cpu']:.2f}s "
-                      f"rss {result['peak_rss_mb']:.0f}MB ok {result['ok']} "
-                      f"failed {result['failed']} 429s {result['server_429']}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{scenario.key:<13} {contender:<13} rep {rep + 1}: "
+                    f"wall {result['wall']:.2f}s cpu {result['cpu']:.2f}s "
+                    f"rss {result['peak_rss_mb']:.0f}MB ok {result['ok']} "
+                    f"failed {result['failed']} 429s {result['server_429']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     micro = structuring(200 if args.tiny else 20_000)
     text = render(chosen, runs, micro, reps, args, time.monotonic() - started)
     args.out.write_text(text)
@@ -214,8 +261,13 @@ def render(
                 f"{int(median(rs, 'ok'))} | {int(median(rs, 'failed'))} | {ratio_text} |"
             )
     lines += _derived(chosen, runs)
-    lines += ["", "## Structuring one Dataset body (bytes to model)", "",
-              "| library | us per object |", "|---|---|"]
+    lines += [
+        "",
+        "## Structuring one Dataset body (bytes to model)",
+        "",
+        "| library | us per object |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {us:.1f} |" for name, us in micro.items()]
     lines.append("")
     return "\n".join(lines)
@@ -241,24 +293,31 @@ def _derived(chosen: list[Scenario], runs: dict[str, dict[str, list[Run]]]) -> l
         by = runs["overhead"]
         ours, raw = median(by["ours"], "cpu_us"), median(by["aiohttp"], "cpu_us")
         httpx = median(by["httpx"], "cpu_us")
-        out.append(f"- Client overhead: ours {ours:.0f} us/update vs hand-written aiohttp "
-                   f"{raw:.0f} ({ours / raw:.2f}x; target <= 1.15x); httpx {httpx:.0f} "
-                   f"({httpx / ours:.1f}x ours).")
+        out.append(
+            f"- Client overhead: ours {ours:.0f} us/update vs hand-written aiohttp "
+            f"{raw:.0f} ({ours / raw:.2f}x; target <= 1.15x); httpx {httpx:.0f} "
+            f"({httpx / ours:.1f}x ours)."
+        )
     if "latency" in keys:
         s = keys["latency"]
         by = runs["latency"]
         bound = s.n * 0.05 / s.concurrency
         ours, raw = median(by["ours"], "wall"), median(by["aiohttp"], "wall")
-        out.append(f"- Latency-bound: ours {ours:.2f}s vs aiohttp {raw:.2f}s ({ours / raw:.3f}x; "
-                   f"target <= 1.05x); Little's-law bound N*L/C = {bound:.2f}s: ours "
-                   f"{ours / bound:.2f}x, aiohttp {raw / bound:.2f}x of it.")
+        out.append(
+            f"- Latency-bound: ours {ours:.2f}s vs aiohttp {raw:.2f}s ({ours / raw:.3f}x; "
+            f"target <= 1.05x); Little's-law bound N*L/C = {bound:.2f}s: ours "
+            f"{ours / bound:.2f}x, aiohttp {raw / bound:.2f}x of it."
+        )
     if "memory_small" in keys and "memory_large" in keys:
         small, large = runs["memory_small"], runs["memory_large"]
-        growth = {c: median(large[c], "peak_rss_mb") - median(small[c], "peak_rss_mb")
-                  for c in small}
-        out.append(f"- Memory growth from {keys['memory_small'].n} to {keys['memory_large'].n} "
-                   f"updates: ours {growth['ours']:+.1f} MB (target < 10 MB), gather "
-                   f"{growth['gather']:+.1f} MB.")
+        growth = {
+            c: median(large[c], "peak_rss_mb") - median(small[c], "peak_rss_mb") for c in small
+        }
+        out.append(
+            f"- Memory growth from {keys['memory_small'].n} to {keys['memory_large'].n} "
+            f"updates: ours {growth['ours']:+.1f} MB (target < 10 MB), gather "
+            f"{growth['gather']:+.1f} MB."
+        )
     if "ratelimit" in keys:
         s = keys["ratelimit"]
         by = runs["ratelimit"]
@@ -266,16 +325,20 @@ def _derived(chosen: list[Scenario], runs: dict[str, dict[str, list[Run]]]) -> l
         ours = median(by["ours"], "wall")
         share = median(by["ours"], "share_429")
         d = by["openai_style"]
-        out.append(f"- Rate-limited: ours {ours:.2f}s = {ours / ideal:.3f}x N/R ({ideal:.0f}s; "
-                   f"target <= 1.10x), {share:.1%} of requests answered 429 (target < 5%); "
-                   f"baseline (d) {median(d, 'wall'):.2f}s, {median(d, 'share_429'):.1%} 429s, "
-                   f"{int(median(d, 'failed'))} of {d[0]['n']} updates failed.")
+        out.append(
+            f"- Rate-limited: ours {ours:.2f}s = {ours / ideal:.3f}x N/R ({ideal:.0f}s; "
+            f"target <= 1.10x), {share:.1%} of requests answered 429 (target < 5%); "
+            f"baseline (d) {median(d, 'wall'):.2f}s, {median(d, 'share_429'):.1%} 429s, "
+            f"{int(median(d, 'failed'))} of {d[0]['n']} updates failed."
+        )
     if "outage" in keys:
         by = runs["outage"]
-        out.append(f"- Outage: ours {median(by['ours'], 'per_update_requests'):.3f} requests "
-                   f"per update (target <= 1.2), in {median(by['ours'], 'wall'):.1f}s; "
-                   f"baseline (d) {median(by['openai_style'], 'per_update_requests'):.2f} "
-                   f"(measured on {by['openai_style'][0]['n']} updates).")
+        out.append(
+            f"- Outage: ours {median(by['ours'], 'per_update_requests'):.3f} requests "
+            f"per update (target <= 1.2), in {median(by['ours'], 'wall'):.1f}s; "
+            f"baseline (d) {median(by['openai_style'], 'per_update_requests'):.2f} "
+            f"(measured on {by['openai_style'][0]['n']} updates)."
+        )
     return out
 
 

@@ -39,11 +39,17 @@ def _status(value: Any, _type: Any) -> DatasetStatus:
     return _KNOWN_STATUSES.get(value, DatasetStatus.UNKNOWN)
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 def freeze_json(value: Any) -> Any:
     """A read-only deep copy of decoded JSON: objects become mappingproxies, arrays tuples."""
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is dict:
+        if not value:
+            return _EMPTY
         return MappingProxyType({k: freeze_json(v) for k, v in value.items()})
-    if isinstance(value, list):
+    if kind is list:
         return tuple(freeze_json(v) for v in value)
     return value
 
@@ -61,11 +67,11 @@ def _column_type(value: Any, _type: Any) -> ColumnType:
     if type(name) is not str:
         raise TypeError("a column type needs a string 'name'")
     item = value.get("item")
-    extra = {k: v for k, v in value.items() if k not in ("name", "item")}
+    extra = _EMPTY
+    if len(value) > (2 if "item" in value else 1):
+        extra = freeze_json({k: v for k, v in value.items() if k not in ("name", "item")})
     return ColumnType(
-        name=name,
-        item=None if item is None else _column_type(item, ColumnType),
-        extra=freeze_json(extra) if extra else MappingProxyType({}),
+        name=name, item=None if item is None else _column_type(item, ColumnType), extra=extra
     )
 
 
@@ -77,21 +83,22 @@ def _origin(value: Any, _type: Any) -> DatasetOrigin | None:
     origin_type = value.get("type")
     if origin_type is not None and type(origin_type) is not str:
         raise TypeError("the origin's 'type' must be a string")
-    extra = {k: v for k, v in value.items() if k != "type"}
-    return DatasetOrigin(
-        type=origin_type, extra=freeze_json(extra) if extra else MappingProxyType({})
-    )
+    extra = _EMPTY
+    if len(value) > (1 if "type" in value else 0):
+        extra = freeze_json({k: v for k, v in value.items() if k != "type"})
+    return DatasetOrigin(type=origin_type, extra=extra)
 
 
-def _build_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+def _build_converter(*, detailed: bool) -> cattrs.Converter:
+    """The converter, with every hook. ``detailed`` makes errors name their paths; it is
+    slower, so it is used only to explain a body the fast one refused.
+    """
+    conv = cattrs.Converter(detailed_validation=detailed, forbid_extra_keys=False)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(DatasetStatus, _status)
     conv.register_structure_hook(ColumnType, _column_type)
-    conv.register_structure_hook(
-        ColumnSchema, make_dict_structure_fn(ColumnSchema, conv, _cattrs_detailed_validation=True)
-    )
+    conv.register_structure_hook(ColumnSchema, make_dict_structure_fn(ColumnSchema, conv))
 
     def schema(value: Any, _type: Any) -> tuple[ColumnSchema, ...]:
         if not isinstance(value, list):
@@ -112,7 +119,8 @@ def _build_converter() -> cattrs.Converter:
     return conv
 
 
-converter = _build_converter()
+converter = _build_converter(detailed=False)
+_explainer = _build_converter(detailed=True)
 
 
 def structure_dataset(obj: Any) -> Dataset:
@@ -125,11 +133,15 @@ def structure_dataset(obj: Any) -> Dataset:
         )
     try:
         return converter.structure(obj, Dataset)
+    except Exception:  # any hook's error: structure again, slowly, to say where and why
+        pass
+    try:
+        return _explainer.structure(obj, Dataset)
     except Exception as exc:  # cattrs wraps every hook's error; never let one escape as is
         raise ResponseValidationError(
             "response is not a valid Dataset",
             errors=tuple(cattrs.transform_error(exc, format_exception=_describe)),
-        ) from exc
+        ) from None
 
 
 def _describe(exc: BaseException, _type: Any) -> str:
