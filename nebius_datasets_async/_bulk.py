@@ -467,6 +467,14 @@ class BulkRun:
                     update=update, status=OutcomeStatus.FAILED, error=error, attempts=attempts
                 )
             self.retries += 1
+            logger.info(
+                "retrying %s %s in %.2fs after attempt %d: %s",
+                request.method,
+                request.path,
+                delay,
+                attempts,
+                error,
+            )
             if delay > 0:
                 await self._sleep_unless_stopped(delay)
 

@@ -100,10 +100,14 @@ def _build_converter(*, detailed: bool) -> cattrs.Converter:
     conv.register_structure_hook(ColumnType, _column_type)
     conv.register_structure_hook(ColumnSchema, make_dict_structure_fn(ColumnSchema, conv))
 
+    column = conv.get_structure_hook(ColumnSchema)
+
     def schema(value: Any, _type: Any) -> tuple[ColumnSchema, ...]:
         if not isinstance(value, list):
             raise TypeError(f"expected a list of columns, got {type(value).__name__}")
-        return conv.structure(value, tuple[ColumnSchema, ...])
+        if detailed:  # cattrs' own loop names the index of a bad column
+            return conv.structure(value, tuple[ColumnSchema, ...])
+        return tuple([column(c, ColumnSchema) for c in value])
 
     conv.register_structure_hook(
         Dataset,

@@ -91,7 +91,7 @@ def decode_dataset(request: Request, response: Response) -> Dataset:
         exc.request_id = request_id(response.headers)
         exc.method, exc.path = request.method, request.path
         raise
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
         raise ResponseValidationError(
             "response body is not valid JSON",
             errors=(str(exc),),
@@ -144,7 +144,7 @@ def _detail(body: bytes) -> Any:
         return None
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return excerpt(body)
     if isinstance(obj, dict) and "detail" in obj:
         return obj["detail"]

@@ -271,6 +271,12 @@ class FakeDatasetsServer:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open to this server right now."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    @property
     def dataset_ids(self) -> list[str]:
         """The ids in the store, in insertion order."""
         return list(self.store)
@@ -278,7 +284,7 @@ class FakeDatasetsServer:
     async def start(self) -> None:
         """Start listening (on ``port``, or a free port when it is 0)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # any path, even with \n
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
         )
