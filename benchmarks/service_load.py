@@ -73,6 +73,8 @@ async def load(base_url: str, api_key: str, args: argparse.Namespace) -> dict[st
                 await asyncio.sleep(1.0)
 
         await asyncio.gather(sampler(), *(worker(n) for n in range(args.tasks)))
+    if len(latencies) < 2:
+        raise SystemExit(f"no call succeeded; errors: {errors}")
     first = [s for s in samples if s[0] < 10]
     last = [s for s in samples if s[0] >= args.seconds - 10]
     quantiles = statistics.quantiles(latencies, n=100)

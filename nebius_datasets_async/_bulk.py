@@ -88,6 +88,32 @@ class PatchOutcome:
         return self.status is OutcomeStatus.APPLIED
 
 
+def _at_least(low: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
+            raise InvalidArgumentError(f"{attribute.name} must be a number >= {low}: {value!r}")
+
+    return check
+
+
+def _between(low: float, high: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not (isinstance(value, int | float) and low < value < high):
+            raise InvalidArgumentError(f"{attribute.name} must be between {low} and {high}")
+
+    return check
+
+
+def _optional(
+    check: Callable[[object, attrs.Attribute[Any], Any], None],
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    def optional(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
+
+
 @attrs.frozen(kw_only=True)
 class BulkOptions:
     """Knobs of a bulk run; every default is meant to be right for most users.
@@ -97,23 +123,23 @@ class BulkOptions:
     - ``max_throttled``: how many times one update may be answered 429 before it fails with
       ``RateLimitError``. Throttling slows the run down; it fails an item only when it persists
       far beyond what pacing can fix.
-    - ``adaptive``: pace and cut concurrency on 429/503 (on by default).
-    - ``decrease``: the deepest cut of the rate and the concurrency cap on a throttle (0.7:
-      at most 30%); ``probe``: how fast the rate rises past its estimate, as a fraction of the
-      estimate per second.
+    - ``adaptive``: pace and cut concurrency on 429s (and 503s with Retry-After); on by default.
+    - ``decrease``: the factor applied to the concurrency cap on each counted throttle;
+      ``probe``: how fast the paced rate creeps up between throttles, as a fraction of itself
+      per second (see ``AdaptiveLimiter`` for how the rate itself is set).
     - ``retry_budget``: the shared retry quota's capacity in tokens (``None``: unlimited).
     - ``stop_on_auth_error``: a 401 or 403 stops the run; the rest is skipped.
     - ``progress_interval``: least seconds between two calls of the progress callback.
     """
 
-    max_attempts: int | None = None
-    max_throttled: int = 20
+    max_attempts: int | None = attrs.field(default=None, validator=_optional(_at_least(1)))
+    max_throttled: int = attrs.field(default=20, validator=_at_least(0))
     adaptive: bool = True
-    decrease: float = 0.7
-    probe: float = 0.002
-    retry_budget: float | None = 500.0
+    decrease: float = attrs.field(default=0.7, validator=_between(0.0, 1.0))
+    probe: float = attrs.field(default=0.002, validator=_at_least(0))
+    retry_budget: float | None = attrs.field(default=500.0, validator=_optional(_at_least(0)))
     stop_on_auth_error: bool = True
-    progress_interval: float = 0.2
+    progress_interval: float = attrs.field(default=0.2, validator=_at_least(0))
 
 
 @attrs.frozen(kw_only=True)

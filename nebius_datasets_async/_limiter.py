@@ -15,7 +15,10 @@ How the limiter behaves (the README's bulk section says the same for users):
   Against a token bucket this is its refill rate. The cut is at least 3% and at most 75% of
   the rate actually sent, and the rate never falls below ``floor`` (half) of the best admitted
   rate of the run (which itself halves every minute), so a server that throttles a steady
-  share of requests whatever the rate cannot drive it to nothing.
+  share of requests whatever the rate cannot drive it to nothing. A throttle that came less
+  than half a second after sending resumed measures the limit only roughly, so the rate is
+  then set 30% above the estimate: the next throttle, if any, comes after a longer span and
+  measures it well.
 - Between throttles the rate creeps up by ``probe`` of itself per second, to follow a limit
   that rises.
 - The concurrency cap falls by ``decrease`` on each counted throttle (not below a quarter of

@@ -372,3 +372,28 @@ async def test_a_run_is_iterated_once() -> None:
         _ = [o async for o in run]
         with pytest.raises(RuntimeError, match="once"):
             aiter(run)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"max_throttled": -1},
+        {"decrease": 1.0},
+        {"probe": -0.1},
+        {"retry_budget": -5},
+        {"progress_interval": "often"},
+    ],
+)
+def test_bulk_options_refuse_nonsense(kwargs: dict[str, object]) -> None:
+    """Impossible knobs fail at construction with InvalidArgumentError, before any run."""
+    with pytest.raises(InvalidArgumentError):
+        BulkOptions(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_bad_concurrency_is_refused_before_sending() -> None:
+    """concurrency=0 raises InvalidArgumentError when the run is created; nothing is sent."""
+    async with FakeDatasetsServer(datasets=1) as fake, fake.client() as client:
+        with pytest.raises(InvalidArgumentError):
+            client.patch_many([DatasetUpdate(fake.dataset_ids[0], name="x")], concurrency=0)
+        assert fake.requests == []
