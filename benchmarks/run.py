@@ -1,6 +1,6 @@
 """Run every benchmark scenario side by side and write benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/run.py            # the full run (about ten minutes)
+    .venv/bin/python benchmarks/run.py            # the full run (about twenty minutes)
     .venv/bin/python benchmarks/run.py --quick    # small sizes, one repetition (under a minute)
 
 Each run starts the fake server in its own process pinned to CPU 1 and the contender in its own
