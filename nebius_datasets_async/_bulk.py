@@ -462,7 +462,7 @@ class BulkRun:
             self.requests += 1
             self._in_flight += 1
             try:
-                dataset = await client.attempt(request)
+                dataset = await client._attempt(request)
             except (APIStatusError, APIConnectionError) as exc:
                 error: DatasetsError = exc
             except DatasetsError as exc:  # ResponseValidationError: the server's answer is bad

@@ -229,7 +229,7 @@ class DatasetsClient:
             raise InvalidArgumentError(f"expected a DatasetUpdate, got {type(update).__name__}")
         return await self._call(build_patch(update))
 
-    async def attempt(self, request: Request, time_limit: float | None = None) -> Dataset:
+    async def _attempt(self, request: Request, time_limit: float | None = None) -> Dataset:
         """One try of one request, within the client's concurrency limit; no retry."""
         async with self._slots:
             self._in_flight += 1
@@ -252,7 +252,7 @@ class DatasetsClient:
                 time_limit = min(self._timeout, policy.deadline - elapsed)
             started = loop.time()
             try:
-                return await self.attempt(request, time_limit)
+                return await self._attempt(request, time_limit)
             except (APIConnectionError, APIStatusError) as exc:
                 elapsed += loop.time() - started
                 delay = self._retry_delay(exc, attempt, elapsed)
