@@ -256,11 +256,10 @@ class BulkRun:
         self._max_attempts = opts.max_attempts or client.retry.max_attempts
         self._on_progress = progress
         self._rand = client._rand
-        loop_clock = time.monotonic
-        self._clock = loop_clock
+        self._clock = time.monotonic
         self._limiter = AdaptiveLimiter(
             max_concurrency=self._concurrency,
-            clock=loop_clock,
+            clock=self._clock,
             decrease=opts.decrease,
             probe=opts.probe,
         )
