@@ -526,8 +526,6 @@ class BulkRun:
                 self._limiter.on_throttle(epoch, retry_after)
         if not policy.is_retryable(error):
             return None
-        if retry_after is not None and retry_after > policy.max_retry_after:
-            return None
         if status == 429:
             # Throttling slows the run down; it fails the item only when it goes on and on.
             if throttled > self._options.max_throttled:

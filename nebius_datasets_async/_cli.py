@@ -453,7 +453,6 @@ async def _apply_plan(
 
     display = _display(total, args.no_progress)
     failures: list[PatchOutcome] = []
-    counts = dict.fromkeys(OutcomeStatus, 0)
     run = client.patch_many(
         pending(), concurrency=args.concurrency, progress=display.update if display else None
     )
@@ -461,7 +460,6 @@ async def _apply_plan(
         with _interrupts(run) as interrupted:
             async with run:
                 async for outcome in run:
-                    counts[outcome.status] += 1
                     if outcome.status is not OutcomeStatus.SKIPPED and journal is not None:
                         journal.write(outcome)
                     if args.output == "json":
@@ -473,9 +471,9 @@ async def _apply_plan(
             display.close()
     report = run.report()
     summary = {
-        "applied": counts[OutcomeStatus.APPLIED],
-        "failed": counts[OutcomeStatus.FAILED],
-        "skipped": counts[OutcomeStatus.SKIPPED],
+        "applied": report.succeeded,
+        "failed": report.failed,
+        "skipped": report.skipped,
         "already_applied": resumed,
         "total": total,
         "requests": report.requests,
@@ -491,16 +489,14 @@ async def _apply_plan(
             error = outcome.error
             kind = type(error).__name__
             print(f"{outcome.status.value:<8} {outcome.update.dataset_id}  {kind}: {error}")
-        left = counts[OutcomeStatus.SKIPPED]
         print(
-            f"{summary['applied']} applied, {summary['failed']} failed, {left} left undone, "
+            f"{report.succeeded} applied, {report.failed} failed, {report.skipped} left undone, "
             f"{resumed} already applied (of {total}); {report.requests} requests, "
             f"{report.retries} retries, {report.elapsed:.1f}s"
         )
     if interrupted:
         return EXIT_INTERRUPTED
-    ok = counts[OutcomeStatus.FAILED] == 0 and counts[OutcomeStatus.SKIPPED] == 0
-    return EXIT_OK if ok else EXIT_FAILED
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 async def _dry_run(

@@ -275,8 +275,6 @@ class DatasetsClient:
         if attempt >= policy.max_attempts or not policy.is_retryable(exc):
             return None
         retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
-        if retry_after is not None and retry_after > policy.max_retry_after:
-            return None
         delay = policy.delay(attempt, retry_after, self._rand)
         if policy.deadline is not None and elapsed + delay >= policy.deadline:
             return None

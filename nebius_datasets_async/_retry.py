@@ -74,9 +74,13 @@ class RetryPolicy:
         return backoff if retry_after is None else max(retry_after, backoff)
 
     def is_retryable(self, exc: BaseException) -> bool:
-        """Whether a failed attempt that raised ``exc`` is worth another try."""
+        """Whether a failed attempt that raised ``exc`` is worth another try: a retryable
+        status or a connection error, unless the server asked for a wait longer than
+        ``max_retry_after``.
+        """
         if isinstance(exc, APIStatusError):
-            return exc.status_code in self.retry_statuses
+            too_long = exc.retry_after is not None and exc.retry_after > self.max_retry_after
+            return exc.status_code in self.retry_statuses and not too_long
         return isinstance(exc, APIConnectionError)
 
     @classmethod
