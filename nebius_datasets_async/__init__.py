@@ -9,6 +9,7 @@ adaptive rate limiting, retries and typed errors::
 """
 
 from ._bulk import BulkOptions, BulkProgress, BulkReport, BulkRun, OutcomeStatus, PatchOutcome
+from ._call import CallContext, CallStats, StopSignal
 from ._client import DEFAULT_BASE_URL, DatasetsClient, __version__
 from ._exceptions import (
     APIConnectionError,
@@ -17,8 +18,10 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     BulkError,
+    ClientClosedError,
     ConflictError,
     DatasetsError,
+    EventLoopError,
     InternalServerError,
     InvalidArgumentError,
     NotFoundError,
@@ -28,6 +31,7 @@ from ._exceptions import (
     RunStoppedError,
     UnprocessableEntityError,
 )
+from ._flow import Failure, Flow, FlowControl, FlowState, Ticket
 from ._models import (
     ColumnSchema,
     ColumnType,
@@ -36,7 +40,9 @@ from ._models import (
     DatasetStatus,
     DatasetUpdate,
 )
+from ._protocol import RateLimits, Request, Response
 from ._retry import RetryPolicy
+from ._transport import Transport
 
 __all__ = [
     "APIConnectionError",
@@ -49,6 +55,9 @@ __all__ = [
     "BulkProgress",
     "BulkReport",
     "BulkRun",
+    "CallContext",
+    "CallStats",
+    "ClientClosedError",
     "ColumnSchema",
     "ColumnType",
     "ConflictError",
@@ -59,6 +68,11 @@ __all__ = [
     "DatasetUpdate",
     "DatasetsClient",
     "DatasetsError",
+    "EventLoopError",
+    "Failure",
+    "Flow",
+    "FlowControl",
+    "FlowState",
     "InternalServerError",
     "InvalidArgumentError",
     "NotFoundError",
@@ -66,9 +80,15 @@ __all__ = [
     "PatchOutcome",
     "PermissionDeniedError",
     "RateLimitError",
+    "RateLimits",
+    "Request",
+    "Response",
     "ResponseValidationError",
     "RetryPolicy",
     "RunStoppedError",
+    "StopSignal",
+    "Ticket",
+    "Transport",
     "UnprocessableEntityError",
     "__version__",
 ]

@@ -1,17 +1,17 @@
 """The bounded-concurrency engine that applies many updates: one outcome per update, always.
 
-A fixed pool of workers pulls updates lazily from the caller's (async) iterable, so memory stays
-flat however many updates there are. Each request is admitted by an ``AdaptiveLimiter`` (pacing,
-pauses, concurrency cap) and its retries are paid from a ``RetryBudget`` shared by the run.
-Updates for one dataset id run one at a time, in input order.
+A bulk run is built from small parts on the client's public call path (``apply`` with a
+``CallContext``): ``_Source`` reads the caller's (async) iterable lazily, so memory stays flat
+however many updates there are; ``_IdOrder`` runs the updates of one dataset id one at a time,
+in input order; a fixed pool of workers (the run's ``concurrency``, its share of the client's
+flow control) turns each update into a ``PatchOutcome``. Pacing, pauses and the retry budget
+belong to the client's flow control, shared with every other call of the client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import logging
 import time
 import weakref
 from collections import deque
@@ -23,14 +23,13 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Protocol, Self
 
 import attrs
 
+from ._call import CallContext, CallStats, StopSignal
 from ._exceptions import (
-    APIConnectionError,
     APIStatusError,
-    APITimeoutError,
     AuthenticationError,
     BulkError,
     DatasetsError,
@@ -38,12 +37,10 @@ from ._exceptions import (
     PermissionDeniedError,
     RunStoppedError,
 )
-from ._limiter import AdaptiveLimiter, RetryBudget
+from ._flow import Flow
 from ._models import Dataset, DatasetUpdate
-from ._protocol import build_patch
-
-if TYPE_CHECKING:
-    from ._client import DatasetsClient
+from ._retry import RetryPolicy
+from ._validate import at_least, integer, optional
 
 __all__ = [
     "BulkOptions",
@@ -55,7 +52,19 @@ __all__ = [
     "ProgressCallback",
 ]
 
-logger = logging.getLogger("nebius_datasets_async")
+
+class Applier(Protocol):
+    """What a bulk run needs from a client: ``DatasetsClient`` is one."""
+
+    @property
+    def retry(self) -> RetryPolicy: ...
+
+    @property
+    def flow(self) -> Flow: ...
+
+    async def apply(
+        self, update: DatasetUpdate, *, context: CallContext | None = None
+    ) -> Dataset: ...
 
 
 class OutcomeStatus(enum.StrEnum):
@@ -88,58 +97,26 @@ class PatchOutcome:
         return self.status is OutcomeStatus.APPLIED
 
 
-def _at_least(low: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    def check(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
-            raise InvalidArgumentError(f"{attribute.name} must be a number >= {low}: {value!r}")
-
-    return check
-
-
-def _between(low: float, high: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    def check(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not (isinstance(value, int | float) and low < value < high):
-            raise InvalidArgumentError(f"{attribute.name} must be between {low} and {high}")
-
-    return check
-
-
-def _optional(
-    check: Callable[[object, attrs.Attribute[Any], Any], None],
-) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    def optional(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None:
-            check(instance, attribute, value)
-
-    return optional
-
-
 @attrs.frozen(kw_only=True)
 class BulkOptions:
-    """Knobs of a bulk run; every default is meant to be right for most users.
+    """Knobs of a bulk run; every default is meant to be right for most users. Pacing, the
+    concurrency bound and the retry budget are the client's (its ``FlowControl``), shared with
+    every other call.
 
     - ``max_attempts``: requests per update for failures other than throttling (defaults to the
-      client's ``RetryPolicy.max_attempts``). Retries also need the shared budget.
+      client's ``RetryPolicy.max_attempts``). Retries also need the flow's retry budget.
     - ``max_throttled``: how many times one update may be answered 429 before it fails with
-      ``RateLimitError``. Throttling slows the run down; it fails an item only when it persists
-      far beyond what pacing can fix.
-    - ``adaptive``: pace and cut concurrency on 429s (and 503s with Retry-After); on by default.
-    - ``decrease``: the factor applied to the concurrency cap on each counted throttle;
-      ``probe``: how fast the paced rate creeps up between throttles, as a fraction of itself
-      per second (see ``AdaptiveLimiter`` for how the rate itself is set).
-    - ``retry_budget``: the shared retry quota's capacity in tokens (``None``: unlimited).
-    - ``stop_on_auth_error``: a 401 or 403 stops the run; the rest is skipped.
+      ``RateLimitError`` (defaults to the client's ``RetryPolicy.max_throttled``).
+    - ``stop_on_auth_error``: a 401 (the key is refused) stops the run, as do 403s for several
+      different datasets in a row with no success between them (the key may touch none); the
+      rest is skipped. A single 403 fails only its own update.
     - ``progress_interval``: least seconds between two calls of the progress callback.
     """
 
-    max_attempts: int | None = attrs.field(default=None, validator=_optional(_at_least(1)))
-    max_throttled: int = attrs.field(default=20, validator=_at_least(0))
-    adaptive: bool = True
-    decrease: float = attrs.field(default=0.7, validator=_between(0.0, 1.0))
-    probe: float = attrs.field(default=0.002, validator=_at_least(0))
-    retry_budget: float | None = attrs.field(default=500.0, validator=_optional(_at_least(0)))
+    max_attempts: int | None = attrs.field(default=None, validator=optional(integer(1)))
+    max_throttled: int | None = attrs.field(default=None, validator=optional(integer(0)))
     stop_on_auth_error: bool = True
-    progress_interval: float = attrs.field(default=0.2, validator=_at_least(0))
+    progress_interval: float = attrs.field(default=0.2, validator=at_least(0))
 
 
 @attrs.frozen(kw_only=True)
@@ -155,8 +132,11 @@ class BulkProgress:
     retries: int
     throttled: int
     elapsed: float
+    #: The client's paced rate (requests per second), ``None`` while unpaced.
     rate_limit: float | None
+    #: The client's working concurrency cap.
     concurrency_limit: int
+    #: Whether the client's flow control is pausing every request right now.
     paused: bool
     finished: bool
 
@@ -189,6 +169,8 @@ class BulkReport:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    #: The client's paced rate when the run ended (requests per second), if any.
+    final_rate: float | None = None
 
     @property
     def total(self) -> int:
@@ -215,6 +197,88 @@ class BulkReport:
 
 
 _DONE: Any = object()
+#: 403s for this many different datasets in a row, with no success between: the key is refused.
+FORBIDDEN_STREAK = 5
+
+
+class _Source:
+    """The caller's updates, read lazily by many workers; a bad item or a failing iterable
+    ends the reading and is kept in ``error``.
+    """
+
+    def __init__(self, updates: Iterable[DatasetUpdate] | AsyncIterable[DatasetUpdate]) -> None:
+        self._iter: Iterator[DatasetUpdate] | None = None
+        self._aiter: AsyncIterator[DatasetUpdate] | None = None
+        if isinstance(updates, AsyncIterable):
+            self._aiter = aiter(updates)
+        elif isinstance(updates, Iterable):
+            self._iter = iter(updates)
+        else:
+            raise InvalidArgumentError(
+                f"updates must be an iterable or async iterable, not {type(updates).__name__}"
+            )
+        self._lock = asyncio.Lock()
+        self.done = False
+        self.error: BaseException | None = None
+        self.read = 0
+
+    def _finished(self) -> bool:
+        return self.done
+
+    async def next(self) -> DatasetUpdate | None:
+        """The next update, or ``None`` once the input is exhausted (or failed)."""
+        if self.done:
+            return None
+        item: object
+        try:
+            if self._iter is not None:
+                item = next(self._iter)
+            else:
+                async with self._lock:
+                    if self._finished():  # another worker hit the end while this one waited
+                        return None
+                    assert self._aiter is not None
+                    item = await anext(self._aiter)
+        except (StopIteration, StopAsyncIteration):
+            self.done = True
+            return None
+        except Exception as exc:
+            self.done, self.error = True, exc
+            return None
+        if not isinstance(item, DatasetUpdate):
+            self.done = True
+            self.error = InvalidArgumentError(
+                f"update number {self.read + 1} is a {type(item).__name__}, not a DatasetUpdate"
+            )
+            return None
+        self.read += 1
+        return item
+
+
+class _IdOrder:
+    """Lets the updates of one dataset id run one at a time, in the order they were read."""
+
+    def __init__(self) -> None:
+        self._busy: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def acquire(self, key: str) -> None:
+        waiters = self._busy.get(key)
+        if waiters is None:
+            self._busy[key] = deque()
+            return
+        turn = asyncio.get_running_loop().create_future()
+        waiters.append(turn)
+        await turn
+
+    def release(self, key: str) -> None:
+        """Pass the id to the next update of it that waits, or free it."""
+        waiters = self._busy[key]
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        del self._busy[key]
 
 
 class BulkRun:
@@ -229,7 +293,7 @@ class BulkRun:
 
     def __init__(
         self,
-        client: DatasetsClient,
+        client: Applier,
         updates: Iterable[DatasetUpdate] | AsyncIterable[DatasetUpdate],
         *,
         concurrency: int | None = None,
@@ -237,56 +301,64 @@ class BulkRun:
         progress: ProgressCallback | None = None,
     ) -> None:
         opts = options if options is not None else BulkOptions()
+        flow = client.flow
         if concurrency is None:
-            concurrency = client.max_concurrency
-        if not isinstance(concurrency, int) or concurrency < 1:
+            concurrency = flow.max_concurrency
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise InvalidArgumentError(f"concurrency must be an int >= 1: {concurrency!r}")
-        if isinstance(updates, AsyncIterable):
-            self._aiter: AsyncIterator[DatasetUpdate] | None = aiter(updates)
-            self._iter: Iterator[DatasetUpdate] | None = None
-        elif isinstance(updates, Iterable):
-            self._iter, self._aiter = iter(updates), None
-        else:
-            raise InvalidArgumentError(
-                f"updates must be an iterable or async iterable, not {type(updates).__name__}"
-            )
+        self._source = _Source(updates)
         self._client = client
+        self._flow = flow
         self._options = opts
-        self._concurrency = min(concurrency, client.max_concurrency)
-        self._max_attempts = opts.max_attempts or client.retry.max_attempts
-        self._on_progress = progress
-        self._rand = client._rand
-        self._clock = time.monotonic
-        self._limiter = AdaptiveLimiter(
-            max_concurrency=self._concurrency,
-            clock=self._clock,
-            decrease=opts.decrease,
-            probe=opts.probe,
+        policy = client.retry
+        self._policy = attrs.evolve(
+            policy,
+            max_attempts=opts.max_attempts or policy.max_attempts,
+            max_throttled=(
+                policy.max_throttled if opts.max_throttled is None else opts.max_throttled
+            ),
         )
-        self._budget = RetryBudget(opts.retry_budget) if opts.retry_budget is not None else None
-        self._source_lock = asyncio.Lock()
-        self._source_done = False
-        self._source_error: BaseException | None = None
-        self._stop_cause: RunStoppedError | None = None
-        self._stopped = asyncio.Event()
-        self._busy: dict[str, deque[asyncio.Future[None]]] = {}
+        self._concurrency = min(concurrency, flow.max_concurrency)
+        self._on_progress = progress
+        self._clock = time.monotonic
+        self._order = _IdOrder()
+        self._signal = StopSignal()
+        self._stats = CallStats()
+        self._forbidden: set[str] = set()
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=self._concurrency * 2)
         self._workers: list[asyncio.Task[None]] = []
         self._supervisor: list[asyncio.Task[None]] = []
         self._stream: weakref.ref[AsyncGenerator[PatchOutcome, None]] | None = None
         self._iterated = False
+        self._worker_error: BaseException | None = None
         self._started = 0.0
         self._finished_at: float | None = None
         self._last_progress = 0.0
-        self._in_flight = 0
-        # counters
-        self.read = 0
         self.succeeded = 0
         self.failed = 0
         self.skipped = 0
-        self.requests = 0
-        self.retries = 0
-        self.throttled = 0
+
+    # -- counters ----------------------------------------------------------------------------
+
+    @property
+    def read(self) -> int:
+        """Updates read from the input so far."""
+        return self._source.read
+
+    @property
+    def requests(self) -> int:
+        """Requests sent so far."""
+        return self._stats.requests
+
+    @property
+    def retries(self) -> int:
+        """Retries so far."""
+        return self._stats.retries
+
+    @property
+    def throttled(self) -> int:
+        """Answers that were throttles (429, or 503 with Retry-After) so far."""
+        return self._stats.throttled
 
     # -- the iterator ------------------------------------------------------------------------
 
@@ -328,9 +400,7 @@ class BulkRun:
         Every update not yet sent comes out ``SKIPPED`` with a ``RunStoppedError`` that says
         ``reason`` (and holds ``cause``, if given).
         """
-        if self._stop_cause is None:
-            self._stop_cause = RunStoppedError(f"run stopped: {reason}", cause=cause)
-            self._stopped.set()
+        self._signal.stop(RunStoppedError(f"run stopped: {reason}", cause=cause))
 
     async def _run(self) -> AsyncGenerator[PatchOutcome, None]:
         self._started = self._clock()
@@ -349,8 +419,9 @@ class BulkRun:
             await supervisor
             self._finished_at = self._clock()
             self._report_progress(force=True)
-            if self._source_error is not None:
-                raise self._source_error
+            error = self._source.error or self._worker_error
+            if error is not None:
+                raise error
         finally:
             await self._cancel_all()
 
@@ -359,75 +430,24 @@ class BulkRun:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 # A programming error in a worker: surface it once everything has ended.
-                self._source_error = self._source_error or result
+                self._worker_error = self._worker_error or result
         await self._results.put(_DONE)
 
     # -- workers -----------------------------------------------------------------------------
 
-    def _stopping(self) -> bool:
-        return self._stop_cause is not None
-
-    def _source_exhausted(self) -> bool:
-        return self._source_done
-
-    async def _next_update(self) -> DatasetUpdate | None:
-        """The next update from the caller's input, or ``None`` once it is exhausted."""
-        if self._source_done:
-            return None
-        update: object
-        try:
-            if self._iter is not None:
-                update = next(self._iter)
-            else:
-                async with self._source_lock:
-                    if self._source_exhausted():
-                        return None
-                    assert self._aiter is not None
-                    update = await anext(self._aiter)
-        except (StopIteration, StopAsyncIteration):
-            self._source_done = True
-            return None
-        except Exception as exc:
-            # The caller's iterable failed: finish what is in flight, then raise it.
-            self._source_done = True
-            self._source_error = exc
-            self.stop(f"the input raised {type(exc).__name__}")
-            return None
-        if not isinstance(update, DatasetUpdate):
-            self._source_done = True
-            self._source_error = InvalidArgumentError(
-                f"update number {self.read + 1} is a {type(update).__name__}, not a DatasetUpdate"
-            )
-            self.stop("an input item is not a DatasetUpdate")
-            return None
-        self.read += 1
-        return update
-
     async def _worker(self) -> None:
-        while (update := await self._next_update()) is not None:
+        source, order = self._source, self._order
+        while (update := await source.next()) is not None:
             key = update.dataset_id
-            waiters = self._busy.get(key)
-            if waiters is None:
-                self._busy[key] = deque()
-            else:  # an earlier update of this id is running: queue behind it, in order
-                turn = asyncio.get_running_loop().create_future()
-                waiters.append(turn)
-                await turn
+            await order.acquire(key)
             try:
                 outcome = await self._apply(update)
             finally:
-                self._hand_on(key)
+                order.release(key)
             await self._emit(outcome)
-
-    def _hand_on(self, key: str) -> None:
-        """Pass the id to the next update of it that waits, or free it."""
-        waiters = self._busy[key]
-        while waiters:
-            turn = waiters.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
-        del self._busy[key]
+        if source.error is not None:
+            # The input failed: finish what is in flight, skip the rest, then raise it.
+            self.stop(f"the input raised {type(source.error).__name__}", cause=source.error)
 
     async def _emit(self, outcome: PatchOutcome) -> None:
         if outcome.status is OutcomeStatus.APPLIED:
@@ -441,129 +461,64 @@ class BulkRun:
             self._report_progress()
 
     async def _apply(self, update: DatasetUpdate) -> PatchOutcome:
-        request = build_patch(update)
-        limiter, budget, client = self._limiter, self._budget, self._client
-        adaptive = self._options.adaptive
-        attempts = failures = throttled = 0
-        while True:
-            if self._stop_cause is not None:
-                return PatchOutcome(
-                    update=update,
-                    status=OutcomeStatus.SKIPPED,
-                    error=self._stop_cause,
-                    attempts=attempts,
-                )
-            epoch = await limiter.acquire()
-            if self._stopping():
-                limiter.release()
-                continue
-            attempts += 1
-            self.requests += 1
-            self._in_flight += 1
-            try:
-                dataset = await client._attempt(request)
-            except (APIStatusError, APIConnectionError) as exc:
-                error: DatasetsError = exc
-            except DatasetsError as exc:  # ResponseValidationError: the server's answer is bad
-                if budget is not None:
-                    budget.on_success()  # the server is up; the body is the problem
-                return PatchOutcome(
-                    update=update, status=OutcomeStatus.FAILED, error=exc, attempts=attempts
-                )
-            else:
-                if adaptive:
-                    limiter.on_success(epoch)
-                if budget is not None:
-                    budget.on_success()
-                return PatchOutcome(
-                    update=update, status=OutcomeStatus.APPLIED, dataset=dataset, attempts=attempts
-                )
-            finally:
-                self._in_flight -= 1
-                limiter.release()
-
-            if isinstance(error, APIStatusError) and error.status_code == 429:
-                throttled += 1
-            else:
-                failures += 1
-            delay = self._retry_delay(error, epoch, failures, throttled)
-            if delay is None:
-                return PatchOutcome(
-                    update=update, status=OutcomeStatus.FAILED, error=error, attempts=attempts
-                )
-            self.retries += 1
-            logger.info(
-                "retrying %s %s in %.2fs after attempt %d: %s",
-                request.method,
-                request.path,
-                delay,
-                attempts,
-                error,
+        context = CallContext(policy=self._policy, stats=self._stats, stop=self._signal)
+        try:
+            dataset = await self._client.apply(update, context=context)
+        except RunStoppedError as exc:
+            return PatchOutcome(
+                update=update, status=OutcomeStatus.SKIPPED, error=exc, attempts=context.attempts
             )
-            if delay > 0:
-                await self._sleep_unless_stopped(delay)
+        except DatasetsError as exc:
+            self._check_refusal(update, exc)
+            return PatchOutcome(
+                update=update, status=OutcomeStatus.FAILED, error=exc, attempts=context.attempts
+            )
+        if self._forbidden:
+            self._forbidden.clear()
+        return PatchOutcome(
+            update=update,
+            status=OutcomeStatus.APPLIED,
+            dataset=dataset,
+            attempts=context.attempts,
+        )
 
-    def _retry_delay(
-        self, error: DatasetsError, epoch: int, failures: int, throttled: int
-    ) -> float | None:
-        """Seconds to wait before trying again, or ``None`` to fail the update with ``error``.
-
-        ``failures`` and ``throttled`` count this update's failed and 429-answered attempts,
-        this one included.
+    def _check_refusal(self, update: DatasetUpdate, error: DatasetsError) -> None:
+        """Stop the run when the key itself is refused: a 401, or 403s for several different
+        datasets in a row with no success between them.
         """
-        policy = self._client.retry
-        retry_after = error.retry_after if isinstance(error, APIStatusError) else None
-        status = error.status_code if isinstance(error, APIStatusError) else None
-        if isinstance(error, AuthenticationError | PermissionDeniedError):
-            if self._options.stop_on_auth_error:
-                self.stop(f"the server refused the API key ({status})", cause=error)
-            return None
-        if status == 429 or (status == 503 and retry_after is not None):
-            # A 503 without Retry-After is an outage, not a request to slow down: the retry
-            # budget deals with it.
-            self.throttled += 1
-            if self._options.adaptive:
-                self._limiter.on_throttle(epoch, retry_after)
-        if not policy.is_retryable(error):
-            return None
-        if status == 429:
-            # Throttling slows the run down; it fails the item only when it goes on and on.
-            if throttled > self._options.max_throttled:
-                return None
-            # The limiter spaces requests out; the item itself waits at least what the
-            # server asked for.
-            return retry_after if retry_after is not None else policy.backoff(throttled, self._rand)
-        if failures >= self._max_attempts:
-            return None
-        if self._budget is not None and not self._budget.try_spend(
-            timeout=isinstance(error, APITimeoutError)
-        ):
-            return None
-        return policy.delay(failures, retry_after, self._rand)
-
-    async def _sleep_unless_stopped(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), delay)
+        if not self._options.stop_on_auth_error or not isinstance(error, APIStatusError):
+            return
+        if isinstance(error, AuthenticationError):
+            self.stop("the server refused the API key (401)", cause=error)
+        elif isinstance(error, PermissionDeniedError):
+            self._forbidden.add(update.dataset_id)
+            if len(self._forbidden) >= FORBIDDEN_STREAK:
+                self.stop(
+                    f"the server refused {FORBIDDEN_STREAK} different datasets in a row (403): "
+                    "the key may not change datasets",
+                    cause=error,
+                )
 
     # -- progress ----------------------------------------------------------------------------
 
     def progress(self) -> BulkProgress:
         """The counters right now."""
         end = self._finished_at if self._finished_at is not None else self._clock()
-        limiter = self._limiter
+        flow = self._flow.state()
+        stats = self._stats
         return BulkProgress(
-            read=self.read,
+            read=self._source.read,
             succeeded=self.succeeded,
             failed=self.failed,
             skipped=self.skipped,
-            in_flight=self._in_flight,
-            requests=self.requests,
-            retries=self.retries,
-            throttled=self.throttled,
+            in_flight=stats.in_flight,
+            requests=stats.requests,
+            retries=stats.retries,
+            throttled=stats.throttled,
             elapsed=(end - self._started) if self._started else 0.0,
-            rate_limit=limiter.rate,
-            concurrency_limit=int(limiter.concurrency_cap),
-            paused=self._clock() < limiter.pause_until,
+            rate_limit=flow.rate,
+            concurrency_limit=flow.concurrency,
+            paused=flow.paused_for > 0,
             finished=self._finished_at is not None,
         )
 
@@ -590,7 +545,8 @@ class BulkRun:
             failures=tuple(failures),
             successes=tuple(successes),
             elapsed=progress.elapsed,
-            requests=self.requests,
-            retries=self.retries,
-            throttled=self.throttled,
+            requests=progress.requests,
+            retries=progress.retries,
+            throttled=progress.throttled,
+            final_rate=progress.rate_limit,
         )

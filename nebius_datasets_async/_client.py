@@ -1,4 +1,6 @@
-"""DatasetsClient: lifecycle, and one call = protocol + transport + retry."""
+"""DatasetsClient: settings and lifecycle; it owns the transport, the flow control and the
+caller that runs the one retry loop.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ import aiohttp
 from yarl import URL
 
 from ._bulk import BulkOptions, BulkReport, BulkRun, PatchOutcome, ProgressCallback
-from ._exceptions import APIConnectionError, APIStatusError, InvalidArgumentError
+from ._call import CallContext, Caller
+from ._exceptions import InvalidArgumentError
+from ._flow import Flow, FlowControl
 from ._models import Dataset, DatasetUpdate
-from ._protocol import Request, build_get, build_patch, decode_dataset
+from ._protocol import build_get, build_patch
 from ._retry import RetryPolicy
-from ._transport import Transport
+from ._transport import AiohttpTransport, Transport
+from ._validate import check
 
 __all__ = ["DEFAULT_BASE_URL", "DatasetsClient"]
 
@@ -79,34 +84,50 @@ def resolve_api_key(api_key: str | None) -> str:
         raise InvalidArgumentError(
             f"no API key: pass api_key=... or set the {API_KEY_ENV} environment variable"
         )
-    if not isinstance(key, str) or not key.isprintable() or key != key.strip() or " " in key:
-        # Never echo the key itself.
-        raise InvalidArgumentError("the API key holds whitespace or control characters")
+    if not isinstance(key, str):
+        raise InvalidArgumentError(f"the API key must be a str, not {type(key).__name__}")
+    if not (key.isascii() and key.isprintable()) or " " in key:
+        # Never echo the key itself. HTTP headers are Latin-1 on the server side: a key with
+        # other characters could only ever be refused.
+        raise InvalidArgumentError(
+            "the API key must be printable ASCII without spaces; check for a stray character"
+        )
     return key
 
 
 class DatasetsClient:
-    """Async client for the Nebius Token Factory Datasets API.
+    """Async client for the Nebius Token Factory Datasets API: the one session manager that
+    every call goes through.
 
-    Use it as ``async with DatasetsClient() as client:``; one client is meant to be shared by a
-    whole service or worker.
+    Make one and share it: a whole service, worker or script, any number of tasks, event loops
+    and threads. It may be created anywhere (at module level, with no loop running). Every
+    request, single or bulk, passes the client's flow control (see ``FlowControl``): one
+    concurrency bound, one pace learned from the server's throttles or quota headers, one
+    retry budget. Each event loop gets its own aiohttp session on first use, closed when that
+    loop shuts down or when the client closes.
 
     Arguments (all keyword-only):
 
     - ``api_key``: the bearer token; ``None`` reads ``$NEBIUS_API_KEY``.
     - ``base_url``: the API root; ``None`` reads ``$NEBIUS_BASE_URL``, else the public API. Plain
       ``http://`` is accepted only for loopback hosts.
-    - ``session``: an ``aiohttp.ClientSession`` of your own; it is used as is and never closed.
-      Without one, the client creates a session on first use and closes it on exit.
     - ``timeout``: seconds for one attempt (connect, send, read the whole response).
-    - ``retry``: the ``RetryPolicy`` for single calls (the bulk engine also reads its limits).
-    - ``max_concurrency``: requests in flight from this client at once, across all tasks; the
-      connection pool of a client-created session has the same size.
-    - ``ssl``: TLS verification for a client-created session: ``True`` (default) verifies,
-      an ``ssl.SSLContext`` customises, ``False`` turns verification off (explicitly only).
+    - ``retry``: the ``RetryPolicy`` of every call (a bulk run may narrow it).
+    - ``max_concurrency``: requests in flight at once, across all tasks, loops and threads
+      (default 64); also the size of each connection pool. Give either this or ``flow``.
+    - ``flow``: a flow control of your own, e.g. one ``FlowControl`` shared by several clients
+      of the same key.
+    - ``transport``: what sends requests (default: aiohttp); ``testing.MockTransport`` answers
+      them from a function, with no socket.
+    - ``session``: an ``aiohttp.ClientSession`` of your own; it is used as is (in its own event
+      loop only) and never closed.
+    - ``keepalive``: seconds an idle pooled connection is kept (default 4, below the 5 s of
+      uvicorn, the shortest keep-alive in wide use).
+    - ``ssl``: TLS verification for client-made sessions: ``True`` (default) verifies, an
+      ``ssl.SSLContext`` customises, ``False`` turns verification off (explicitly only).
 
-    Raises ``InvalidArgumentError`` (a ``ValueError``) at construction for a missing key, a bad
-    URL or bad limits.
+    Raises ``InvalidArgumentError`` (a ``ValueError``) at construction for a missing or
+    malformed key, a bad URL or bad limits.
     """
 
     def __init__(
@@ -114,11 +135,14 @@ class DatasetsClient:
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_concurrency: int | None = None,
+        flow: Flow | None = None,
+        transport: Transport | None = None,
+        session: aiohttp.ClientSession | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        keepalive: float = 4.0,
         user_agent: str | None = None,
         ssl: _ssl.SSLContext | bool = True,
         _sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -126,33 +150,57 @@ class DatasetsClient:
     ) -> None:
         key = resolve_api_key(api_key)
         self._base_url = resolve_base_url(base_url)
-        if not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise InvalidArgumentError(f"max_concurrency must be an int >= 1: {max_concurrency!r}")
-        if not (isinstance(timeout, int | float) and timeout > 0):
-            raise InvalidArgumentError(f"timeout must be a number > 0: {timeout!r}")
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise InvalidArgumentError("session must be an aiohttp.ClientSession")
-        self._retry = retry if retry is not None else RetryPolicy()
-        if not isinstance(self._retry, RetryPolicy):
-            raise InvalidArgumentError("retry must be a RetryPolicy")
-        self._timeout = float(timeout)
-        self._max_concurrency = max_concurrency
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._in_flight = 0
-        self._sleep = _sleep
-        self._rand = _rand
-        self._transport = Transport(
-            base_url=self._base_url,
-            headers={"Authorization": f"Bearer {key}", "User-Agent": user_agent or USER_AGENT},
-            timeout=self._timeout,
-            max_connections=max_concurrency,
-            max_response_bytes=max_response_bytes,
-            session=session,
-            ssl=ssl,
+        check(
+            isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0,
+            f"timeout must be a number > 0: {timeout!r}",
+        )
+        check(
+            isinstance(keepalive, int | float) and keepalive > 0,
+            f"keepalive must be a number > 0: {keepalive!r}",
+        )
+        check(
+            session is None or isinstance(session, aiohttp.ClientSession),
+            "session must be an aiohttp.ClientSession",
+        )
+        check(session is None or transport is None, "give a session or a transport, not both")
+        policy = retry if retry is not None else RetryPolicy()
+        check(isinstance(policy, RetryPolicy), "retry must be a RetryPolicy")
+        if flow is None:
+            flow = FlowControl(
+                max_concurrency=DEFAULT_MAX_CONCURRENCY
+                if max_concurrency is None
+                else max_concurrency
+            )
+        else:
+            check(isinstance(flow, Flow), "flow must be a FlowControl (or implement Flow)")
+            check(
+                max_concurrency is None or max_concurrency == flow.max_concurrency,
+                "max_concurrency belongs to the flow control when one is given",
+            )
+        self._flow: Flow = flow
+        if transport is None:
+            transport = AiohttpTransport(
+                base_url=self._base_url,
+                headers={"Authorization": f"Bearer {key}", "User-Agent": user_agent or USER_AGENT},
+                timeout=float(timeout),
+                max_connections=flow.max_concurrency,
+                max_response_bytes=max_response_bytes,
+                keepalive=float(keepalive),
+                session=session,
+                ssl=ssl,
+            )
+        self._transport = transport
+        self._caller = Caller(
+            transport=transport,
+            flow=flow,
+            policy=policy,
+            timeout=float(timeout),
+            sleep=_sleep,
+            rand=_rand,
         )
 
     def __repr__(self) -> str:
-        return f"<DatasetsClient {self._base_url} max_concurrency={self._max_concurrency}>"
+        return f"<DatasetsClient {self._base_url} max_concurrency={self.max_concurrency}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,7 +216,9 @@ class DatasetsClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the session the client created (never a caller's own); idempotent."""
+        """Close every session the client made, in every event loop (never a caller's own
+        session); idempotent. Calls made afterwards raise ``ClientClosedError``.
+        """
         await self._transport.aclose()
 
     # -- properties --------------------------------------------------------------------------
@@ -181,17 +231,22 @@ class DatasetsClient:
     @property
     def retry(self) -> RetryPolicy:
         """The retry policy."""
-        return self._retry
+        return self._caller.policy
+
+    @property
+    def flow(self) -> Flow:
+        """The flow control every request of this client passes."""
+        return self._flow
 
     @property
     def max_concurrency(self) -> int:
         """The most requests this client has in flight at once."""
-        return self._max_concurrency
+        return self._flow.max_concurrency
 
     @property
     def in_flight(self) -> int:
-        """Requests in flight right now."""
-        return self._in_flight
+        """Requests in flight right now (through this client's flow control)."""
+        return self._flow.state().in_flight
 
     # -- single calls ------------------------------------------------------------------------
 
@@ -202,7 +257,7 @@ class DatasetsClient:
         ``APIStatusError`` subclasses, ``APIConnectionError`` / ``APITimeoutError`` after the
         last attempt, ``ResponseValidationError`` for a body that is not a Dataset.
         """
-        return await self._call(build_get(dataset_id))
+        return await self._caller.call(build_get(dataset_id))
 
     async def patch_dataset(
         self, dataset_id: str, *, name: str | None = None, folder: str | None = None
@@ -223,62 +278,15 @@ class DatasetsClient:
         """Move a dataset to another folder, leaving its name as it is."""
         return await self.apply(DatasetUpdate(dataset_id, folder=folder))
 
-    async def apply(self, update: DatasetUpdate) -> Dataset:
-        """Apply one ``DatasetUpdate`` and return the updated dataset."""
+    async def apply(self, update: DatasetUpdate, *, context: CallContext | None = None) -> Dataset:
+        """Apply one ``DatasetUpdate`` and return the updated dataset.
+
+        ``context`` is for engines built on the client (the bulk run is one): a
+        ``CallContext`` with its own retry policy, live counters and stop signal.
+        """
         if not isinstance(update, DatasetUpdate):
             raise InvalidArgumentError(f"expected a DatasetUpdate, got {type(update).__name__}")
-        return await self._call(build_patch(update))
-
-    async def _attempt(self, request: Request, time_limit: float | None = None) -> Dataset:
-        """One try of one request, within the client's concurrency limit; no retry."""
-        async with self._slots:
-            self._in_flight += 1
-            try:
-                response = await self._transport.send(request, time_limit)
-            finally:
-                self._in_flight -= 1
-        return decode_dataset(request, response)
-
-    async def _call(self, request: Request) -> Dataset:
-        policy = self._retry
-        loop = asyncio.get_running_loop()
-        # Time spent so far: attempts as measured, plus the backoff delays asked for.
-        elapsed = 0.0
-        attempt = 0
-        while True:
-            attempt += 1
-            time_limit = None
-            if policy.deadline is not None:
-                time_limit = min(self._timeout, policy.deadline - elapsed)
-            started = loop.time()
-            try:
-                return await self._attempt(request, time_limit)
-            except (APIConnectionError, APIStatusError) as exc:
-                elapsed += loop.time() - started
-                delay = self._retry_delay(exc, attempt, elapsed)
-                if delay is None:
-                    raise
-                logger.info(
-                    "retrying %s %s in %.2fs after attempt %d: %s",
-                    request.method,
-                    request.path,
-                    delay,
-                    attempt,
-                    exc,
-                )
-                await self._sleep(delay)
-                elapsed += delay
-
-    def _retry_delay(self, exc: Exception, attempt: int, elapsed: float) -> float | None:
-        """Seconds to wait before the next attempt, or ``None`` to give up and raise ``exc``."""
-        policy = self._retry
-        if attempt >= policy.max_attempts or not policy.is_retryable(exc):
-            return None
-        retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
-        delay = policy.delay(attempt, retry_after, self._rand)
-        if policy.deadline is not None and elapsed + delay >= policy.deadline:
-            return None
-        return delay
+        return await self._caller.call(build_patch(update), context)
 
     # -- many updates ------------------------------------------------------------------------
 

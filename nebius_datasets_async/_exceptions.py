@@ -3,7 +3,9 @@
 ::
 
     DatasetsError
-    +-- InvalidArgumentError           (also a ValueError: bad input, refused before sending)
+    +-- InvalidArgumentError        (also a ValueError: bad input, refused before sending)
+    +-- ClientClosedError           (also a RuntimeError: the client was closed)
+    +-- EventLoopError              (also a RuntimeError: a caller's session, another loop)
     +-- APIConnectionError          (no HTTP response)
     |   +-- APITimeoutError
     +-- APIStatusError              (status_code, detail, request_id, headers)
@@ -26,10 +28,11 @@ API key: messages are built from the response, never from the request headers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ._bulk import BulkReport
+
+class _Report(Protocol):
+    def summary(self) -> str: ...
 
 
 class DatasetsError(Exception):
@@ -38,6 +41,16 @@ class DatasetsError(Exception):
 
 class InvalidArgumentError(DatasetsError, ValueError):
     """An argument is invalid (an update, an id, a setting); raised before anything is sent."""
+
+
+class ClientClosedError(DatasetsError, RuntimeError):
+    """The client was used after ``aclose()``; make a new one."""
+
+
+class EventLoopError(DatasetsError, RuntimeError):
+    """The client cannot serve this event loop (an ``aiohttp.ClientSession`` passed in belongs
+    to another loop); the message says what to do.
+    """
 
 
 class APIConnectionError(DatasetsError):
@@ -197,9 +210,10 @@ class RunStoppedError(DatasetsError):
 class BulkError(DatasetsError):
     """Raised by ``BulkReport.raise_for_failures()`` when any update failed or was skipped."""
 
-    def __init__(self, report: BulkReport) -> None:
+    def __init__(self, report: _Report) -> None:
         super().__init__(report.summary())
-        self.report = report
+        #: The ``BulkReport`` of the run.
+        self.report: Any = report
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.report,))

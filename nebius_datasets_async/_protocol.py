@@ -5,7 +5,10 @@ No aiohttp, no asyncio, no sleeping: everything here is tested synchronously wit
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -16,9 +19,9 @@ import attrs
 from ._converter import structure_dataset
 from ._exceptions import APIStatusError, ResponseValidationError, status_error_class
 from ._models import Dataset, DatasetUpdate, validate_dataset_id
-from ._retry import parse_retry_after
 
 __all__ = [
+    "RateLimits",
     "Request",
     "Response",
     "build_get",
@@ -26,6 +29,9 @@ __all__ = [
     "dataset_path",
     "decode_dataset",
     "error_from_response",
+    "parse_duration",
+    "parse_rate_limits",
+    "parse_retry_after",
 ]
 
 JSON_CONTENT_TYPE = "application/json"
@@ -51,6 +57,103 @@ class Response:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+@attrs.frozen(slots=True)
+class RateLimits:
+    """What a response's ``x-ratelimit-*-requests`` headers say about the request quota.
+
+    ``remaining``: requests left in the current window; ``limit``: the window's quota;
+    ``reset``: seconds until the quota is full again. Each is ``None`` when not sent.
+    """
+
+    remaining: int | None = None
+    limit: int | None = None
+    reset: float | None = None
+
+
+_NO_LIMITS = RateLimits()
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a rate-limit reset value: a plain number of seconds (``"2"``, ``"0.5"``) or
+    a Go-style duration as OpenAI-compatible servers send (``"1s"``, ``"250ms"``, ``"6m0s"``,
+    ``"1h2m3.5s"``). ``None`` for anything else or a negative value.
+    """
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pos = 0
+        value = 0.0
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                return None
+            value += float(match.group(1)) * scale[match.group(2)]
+            pos = match.end()
+        if pos == 0 or pos != len(text):
+            return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def parse_rate_limits(headers: Mapping[str, str]) -> RateLimits:
+    """The request quota a response announces (``x-ratelimit-remaining-requests``,
+    ``x-ratelimit-limit-requests``, ``x-ratelimit-reset-requests``); unreadable values are
+    treated as absent. The same empty value is returned when none is present.
+    """
+    remaining = _header_int(headers, "x-ratelimit-remaining-requests")
+    limit = _header_int(headers, "x-ratelimit-limit-requests")
+    raw_reset = headers.get("x-ratelimit-reset-requests")
+    reset = parse_duration(raw_reset) if raw_reset is not None else None
+    if remaining is None and limit is None and reset is None:
+        return _NO_LIMITS
+    return RateLimits(remaining=remaining, limit=limit, reset=reset)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """The server's requested wait in seconds, from ``retry-after-ms`` or ``Retry-After``.
+
+    ``Retry-After`` may be a number of seconds or an HTTP date (compared with ``now``, a Unix
+    time). ``headers`` must look names up case-insensitively (aiohttp's do) or use lowercase
+    keys. Returns ``None`` when neither header is present or readable; never a negative number.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            ms = float(raw_ms)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(ms):
+                return max(0.0, ms / 1000.0)
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def dataset_path(dataset_id: str) -> str:

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import email.utils
-import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 import attrs
 
 from ._exceptions import APIConnectionError, APIStatusError
+from ._validate import at_least, integer, optional
 
-__all__ = ["RetryPolicy", "parse_retry_after"]
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
-
-
-def _optional_positive(
-    instance: object, attribute: attrs.Attribute[float | None], value: float | None
-) -> None:
-    if value is not None:
-        _positive(instance, attribute, value)  # type: ignore[arg-type]
-
-
-def _at_least_one(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not (isinstance(value, int) and value >= 1):
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+__all__ = ["RetryPolicy"]
 
 
 _NEVER_RETRIED = frozenset({400, 401, 403, 404, 409, 422})
@@ -50,16 +32,21 @@ class RetryPolicy:
       would end after it is not started.
     - ``retry_statuses``: HTTP statuses worth another try. Connection errors and timeouts are
       always retried. 400/401/403/404/409/422 never are, whatever this says.
+    - ``max_throttled``: how many times one call may be answered 429 before it fails with
+      ``RateLimitError``. Throttles do not count against ``max_attempts``: the client's flow
+      control paces every request after one, so a throttle slows a call down and fails it
+      only when it persists far beyond what pacing can fix.
     """
 
-    max_attempts: int = attrs.field(default=4, validator=_at_least_one)
-    initial_delay: float = attrs.field(default=0.5, validator=_positive)
-    max_delay: float = attrs.field(default=20.0, validator=_positive)
-    max_retry_after: float = attrs.field(default=60.0, validator=_positive)
-    deadline: float | None = attrs.field(default=None, validator=_optional_positive)
+    max_attempts: int = attrs.field(default=4, validator=integer(1))
+    initial_delay: float = attrs.field(default=0.5, validator=at_least(0))
+    max_delay: float = attrs.field(default=20.0, validator=at_least(0))
+    max_retry_after: float = attrs.field(default=60.0, validator=at_least(0))
+    deadline: float | None = attrs.field(default=None, validator=optional(at_least(0)))
     retry_statuses: frozenset[int] = attrs.field(
         default=frozenset({408, 429, 500, 502, 503, 504}), converter=_retryable_statuses
     )
+    max_throttled: int = attrs.field(default=20, validator=integer(0))
 
     def backoff(self, retry: int, rand: Callable[[], float]) -> float:
         """Full-jitter backoff before retry number ``retry`` (1 for the first retry)."""
@@ -85,38 +72,5 @@ class RetryPolicy:
 
     @classmethod
     def never(cls) -> RetryPolicy:
-        """A policy that tries each request once."""
-        return cls(max_attempts=1)
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """The server's requested wait in seconds, from ``retry-after-ms`` or ``Retry-After``.
-
-    ``Retry-After`` may be a number of seconds or an HTTP date (compared with ``now``, a Unix
-    time). ``headers`` must look names up case-insensitively (aiohttp's do) or use lowercase
-    keys. Returns ``None`` when neither header is present or readable; never a negative number.
-    """
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            ms = float(raw_ms)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(ms):
-                return max(0.0, ms / 1000.0)
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        return max(0.0, when.timestamp() - now)
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+        """A policy that tries each request once, throttled or not."""
+        return cls(max_attempts=1, max_throttled=0)

@@ -2,30 +2,78 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl as _ssl
-from collections.abc import Mapping
+import threading
+from collections.abc import AsyncGenerator, Mapping
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
 
-from ._exceptions import APIConnectionError, APITimeoutError, ResponseValidationError
+from ._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    ClientClosedError,
+    EventLoopError,
+    ResponseValidationError,
+)
 from ._protocol import JSON_CONTENT_TYPE, Request, Response, excerpt, request_id
 
-__all__ = ["Transport"]
+__all__ = ["AiohttpTransport", "Transport"]
 
 logger = logging.getLogger("nebius_datasets_async")
 
 _CHUNK = 64 * 1024
 
 
-class Transport:
-    """Sends requests over one ``aiohttp.ClientSession``.
+class Transport(Protocol):
+    """What a client needs to send requests: ``DatasetsClient(transport=...)`` takes any
+    object with these two methods (``testing.MockTransport`` is one).
+    """
 
-    It uses a caller's session as given and never closes it; otherwise it creates one on first
-    use, with a connection pool of ``max_connections``, and closes it in ``aclose()``. Redirects
-    are never followed (the Authorization header must not travel to another host), response
-    bodies are read up to ``max_response_bytes``, and every aiohttp or socket error becomes an
+    async def send(self, request: Request, timeout: float | None = None) -> Response:  # noqa: ASYNC109
+        """Send one request and return its whole response; raise ``APIConnectionError``
+        (``APITimeoutError`` after ``timeout`` seconds) when no response arrives.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the transport holds; idempotent."""
+        ...
+
+
+async def _session_closer(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """Holds a loop's session open; closes it when the loop shuts down its async generators
+    (``asyncio.run``, ``asyncio.Runner`` and pytest-asyncio do) or when the transport closes.
+    """
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+#: Errors that mean the connection died before any byte of the response arrived: a pooled
+#: connection the server had closed. The request is sent once more, on another connection.
+_DEAD_CONNECTION = (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)
+
+
+class AiohttpTransport:
+    """Sends requests with aiohttp: one ``ClientSession`` per event loop.
+
+    A session is made on first use in each loop, with a pool of ``max_connections`` that keeps
+    idle connections at most ``keepalive`` seconds (less than a server's keep-alive, so a
+    pooled connection is not reused just as the server closes it). When a loop shuts down
+    (``asyncio.run`` returning, a test's loop ending), its session is closed inside it, so
+    nothing is left for the interpreter to warn about. A caller's own ``session`` is used as
+    given, only in its own loop, and never closed.
+
+    A request whose connection turns out dead before any byte of the response arrived is sent
+    once more at once (PATCH sets absolute values, so this is safe). Redirects are never
+    followed (the Authorization header must not travel to another host), response bodies are
+    read up to ``max_response_bytes``, and every aiohttp or socket error becomes an
     ``APIConnectionError`` (``APITimeoutError`` for timeouts) with no link back to the request
     headers that hold the key.
     """
@@ -38,6 +86,7 @@ class Transport:
         timeout: float,
         max_connections: int,
         max_response_bytes: int,
+        keepalive: float = 4.0,
         session: aiohttp.ClientSession | None = None,
         ssl: _ssl.SSLContext | bool = True,
     ) -> None:
@@ -47,56 +96,96 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
-        self._session = session
-        self._owns_session = session is None
+        self._keepalive = keepalive
+        self._own_session = session
         self._ssl = ssl
         self._closed = False
+        self._lock = threading.Lock()
+        self._sessions: dict[
+            asyncio.AbstractEventLoop,
+            tuple[aiohttp.ClientSession, AsyncGenerator[None, None]],
+        ] = {}
 
     def __repr__(self) -> str:
-        return f"<Transport {self._base_url} owns_session={self._owns_session}>"
+        return f"<AiohttpTransport {self._base_url} sessions={len(self._sessions)}>"
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
+    def _session(self) -> aiohttp.ClientSession:
+        """The session of the running loop (made now if it has none)."""
         if self._closed:
-            raise RuntimeError("the client is closed")
-        session = self._session
-        if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, ssl=self._ssl
-            )
-            session = self._session = aiohttp.ClientSession(connector=connector)
-            logger.debug("opened a session with a pool of %d connections", self._max_connections)
+            raise ClientClosedError("the client is closed; make a new one")
+        loop = asyncio.get_running_loop()
+        own = self._own_session
+        if own is not None:
+            if own._loop is not loop:
+                raise EventLoopError(
+                    "the aiohttp session given to the client belongs to another event loop; "
+                    "use the client from that loop, or let the client make its own sessions "
+                    "(one per loop) by not passing session="
+                )
+            return own
+        entry = self._sessions.get(loop)
+        if entry is not None:
+            return entry[0]
+        return self._new_session(loop)
+
+    def _new_session(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=0,
+            ssl=self._ssl,
+            keepalive_timeout=self._keepalive,
+        )
+        session = aiohttp.ClientSession(connector=connector)
+        closer = _session_closer(session)
+        # Start the closer: from now on the loop knows it and closes it when it shuts down.
+        with contextlib.suppress(StopIteration):
+            closer.asend(None).send(None)
+        with self._lock:
+            for other in [lp for lp in self._sessions if lp.is_closed()]:
+                del self._sessions[other]  # closed with its loop
+            self._sessions[loop] = (session, closer)
+        logger.debug("opened a session with a pool of %d connections", self._max_connections)
         return session
 
-    async def send(self, request: Request, time_limit: float | None = None) -> Response:
-        """Send one request and read its whole response; ``time_limit`` overrides the default
+    async def send(self, request: Request, timeout: float | None = None) -> Response:  # noqa: ASYNC109
+        """Send one request and read its whole response; ``timeout`` overrides the default
         per-attempt timeout for this request.
         """
-        session = self._ensure_session()
+        session = self._session()
         url = URL(self._base_url + request.path, encoded=True)
         headers = self._get_headers if request.body is None else self._body_headers
-        try:
-            async with session.request(
-                request.method,
-                url,
-                data=request.body,
-                headers=headers,
-                allow_redirects=False,
-                raise_for_status=False,
-                timeout=(
-                    self._timeout if time_limit is None else aiohttp.ClientTimeout(total=time_limit)
-                ),
-            ) as resp:
-                body = await self._read_body(request, resp)
-                return Response(resp.status, resp.headers, body)
-        except TimeoutError:
-            # Raised from None throughout: aiohttp's exceptions hold the request's headers.
-            raise APITimeoutError(
-                "request timed out", method=request.method, path=request.path
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                f"{type(exc).__name__}: {exc}", method=request.method, path=request.path
-            ) from None
+        limit = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
+        resent = False
+        while True:
+            try:
+                async with session.request(
+                    request.method,
+                    url,
+                    data=request.body,
+                    headers=headers,
+                    allow_redirects=False,
+                    raise_for_status=False,
+                    timeout=limit,
+                ) as resp:
+                    body = await self._read_body(request, resp)
+                    return Response(resp.status, resp.headers, body)
+            except _DEAD_CONNECTION as exc:
+                if not resent:
+                    resent = True
+                    logger.debug("connection closed before the response; sending again")
+                    continue
+                raise APIConnectionError(
+                    f"{type(exc).__name__}: {exc}", method=request.method, path=request.path
+                ) from None
+            except TimeoutError:
+                # Raised from None throughout: aiohttp's exceptions hold the request's headers.
+                raise APITimeoutError(
+                    "request timed out", method=request.method, path=request.path
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise APIConnectionError(
+                    f"{type(exc).__name__}: {exc}", method=request.method, path=request.path
+                ) from None
 
     async def _read_body(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
         limit = self._max_response_bytes
@@ -122,9 +211,22 @@ class Transport:
         return b"".join(chunks)[:limit]
 
     async def aclose(self) -> None:
-        """Close the session if this transport created it; idempotent."""
+        """Close every session this transport made, in whichever loop it lives; idempotent.
+        A session whose loop has already closed was closed with it (or is simply dropped).
+        """
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None and self._owns_session:
-            await session.close()
-            logger.debug("closed the session")
+        with self._lock:
+            entries, self._sessions = self._sessions, {}
+        here = asyncio.get_running_loop()
+        for loop, (_session, closer) in entries.items():
+            if loop is here:
+                await closer.aclose()
+            elif loop.is_running() and not loop.is_closed():
+                try:
+                    future = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
+                except RuntimeError:
+                    continue  # closed meanwhile
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(future), 5.0)
+        if entries:
+            logger.debug("closed %d session(s)", len(entries))

@@ -22,20 +22,27 @@ requests ever in flight. ``requests`` logs every request received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
+import inspect
 import json
+import math
 import random
 import secrets
 import socket
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import attrs
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ._protocol import Request, Response
 
 if TYPE_CHECKING:
     from ._client import DatasetsClient
@@ -43,9 +50,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Faults",
     "FakeDatasetsServer",
+    "MockTransport",
     "RecordedRequest",
     "ServerStats",
     "fake_dataset_id",
+    "json_response",
     "make_dataset",
 ]
 
@@ -72,6 +81,13 @@ class Faults:
     - ``rate_limit`` / ``burst``: a token bucket of ``rate_limit`` requests per second holding
       ``burst`` tokens; a request finding it empty gets 429 with ``Retry-After:
       rate_limit_retry_after``.
+    - ``window_limit`` / ``window`` / ``window_kind``: at most ``window_limit`` requests in any
+      ``window`` seconds, counted in fixed windows (``"fixed"``) or over the last ``window``
+      seconds (``"sliding"``); a request over the quota gets 429 with ``Retry-After`` set to
+      the whole seconds until a request would be admitted again.
+    - ``limit_headers``: send ``x-ratelimit-limit-requests``, ``x-ratelimit-remaining-requests``
+      and ``x-ratelimit-reset-requests`` (seconds until the quota is full again) with every
+      answer of a rate-limited fake.
     - ``seed``: makes every draw repeatable.
     """
 
@@ -89,6 +105,12 @@ class Faults:
     rate_limit: float | None = None
     burst: int = 10
     rate_limit_retry_after: float | None = 1.0
+    window_limit: int | None = None
+    window: float = 10.0
+    window_kind: str = attrs.field(
+        default="fixed", validator=attrs.validators.in_(("fixed", "sliding"))
+    )
+    limit_headers: bool = False
     seed: int = 0
 
 
@@ -258,6 +280,9 @@ class FakeDatasetsServer:
         self._seen: Counter[str] = Counter()
         self._tokens = float(self.faults.burst)
         self._refilled = time.monotonic()
+        self._window_start = time.monotonic()
+        self._window_count = 0
+        self._window_times: deque[float] = deque()
         self._runner: web.AppRunner | None = None
         self._connections: set[asyncio.Transport] = set()
 
@@ -303,6 +328,40 @@ class FakeDatasetsServer:
     async def __aenter__(self) -> FakeDatasetsServer:
         await self.start()
         return self
+
+    @contextlib.contextmanager
+    def in_thread(self) -> Iterator[FakeDatasetsServer]:
+        """Serve from a thread of its own, with its own event loop, for as long as the block
+        runs: ``with FakeDatasetsServer(datasets=10).in_thread() as fake: ...``. Usable from
+        synchronous code, and from any event loop (the fake never shares yours). Read
+        ``store`` and ``stats`` once the calls that change them have returned.
+        """
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        thread = threading.Thread(
+            target=self._serve_forever, args=(loop, ready), name="nebius-fake", daemon=True
+        )
+        thread.start()
+        if not ready.wait(30) or self._runner is None:
+            raise RuntimeError("the fake server did not start")
+        try:
+            yield self
+        finally:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(30)
+
+    def _serve_forever(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.start())
+        finally:
+            ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
@@ -392,12 +451,18 @@ class FakeDatasetsServer:
         if request.method not in ("GET", "PATCH"):
             return _json_response(405, {"detail": "Method Not Allowed"})
 
-        if faults.rate_limit is not None and not self._take_token():
-            return _json_response(
-                429,
-                {"detail": "Rate limit exceeded"},
-                retry_after=faults.rate_limit_retry_after,
-            )
+        limit_headers: dict[str, str] = {}
+        if faults.rate_limit is not None or faults.window_limit is not None:
+            admitted, retry_after, limit_headers = self._admit()
+            if not faults.limit_headers:
+                limit_headers = {}
+            if not admitted:
+                return _json_response(
+                    429,
+                    {"detail": "Rate limit exceeded"},
+                    retry_after=retry_after,
+                    headers=limit_headers,
+                )
         scripted = self._script.popleft() if self._script else None
         if scripted is not None and not scripted.apply:
             if scripted.reset:
@@ -441,20 +506,47 @@ class FakeDatasetsServer:
                 return web.Response(status=200, body=text[: len(text) // 2], content_type=_JSON)
             html = "<html><body>502 Bad Gateway</body></html>"
             return web.Response(status=200, text=html, content_type="text/html")
-        return _json_response(200, record)
+        return _json_response(200, record, headers=limit_headers)
 
-    def _take_token(self) -> bool:
+    def _admit(self) -> tuple[bool, float | None, dict[str, str]]:
+        """Whether the rate limit admits one more request now; the Retry-After of a refusal;
+        the x-ratelimit-* headers that describe the quota after this request.
+        """
         faults = self.faults
-        assert faults.rate_limit is not None
         now = time.monotonic()
-        self._tokens = min(
-            float(faults.burst), self._tokens + (now - self._refilled) * faults.rate_limit
-        )
+        if faults.window_limit is not None:
+            quota, window = faults.window_limit, faults.window
+            if faults.window_kind == "fixed":
+                if now - self._window_start >= window:
+                    self._window_start += window * ((now - self._window_start) // window)
+                    self._window_count = 0
+                admitted = self._window_count < quota
+                self._window_count += admitted
+                remaining = quota - self._window_count
+                reset = self._window_start + window - now
+                wait = reset
+            else:
+                times = self._window_times
+                while times and times[0] <= now - window:
+                    times.popleft()
+                admitted = len(times) < quota
+                if admitted:
+                    times.append(now)
+                remaining = quota - len(times)
+                reset = times[-1] + window - now if times else 0.0
+                wait = times[0] + window - now if times else 0.0
+            headers = _limit_headers(quota, remaining, reset)
+            return admitted, None if admitted else float(math.ceil(wait)), headers
+        assert faults.rate_limit is not None
+        burst = float(faults.burst)
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * faults.rate_limit)
         self._refilled = now
-        if self._tokens >= 1.0:
+        admitted = self._tokens >= 1.0
+        if admitted:
             self._tokens -= 1.0
-            return True
-        return False
+        reset = (burst - self._tokens) / faults.rate_limit
+        headers = _limit_headers(faults.burst, int(self._tokens), reset)
+        return admitted, None if admitted else faults.rate_limit_retry_after, headers
 
     def _rng(self, dataset_id: str, salt: str) -> random.Random:
         return random.Random(f"{self.faults.seed}:{salt}:{dataset_id}:{self._seen[dataset_id]}")
@@ -496,10 +588,71 @@ def _dataset_id(raw_path: str) -> str | None:
         return None
 
 
-def _json_response(status: int, payload: Any, *, retry_after: float | None = None) -> web.Response:
-    headers = {"x-request-id": f"req-{secrets.token_hex(8)}"}
+def _limit_headers(limit: int, remaining: int, reset: float) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(max(remaining, 0)),
+        "x-ratelimit-reset-requests": f"{max(reset, 0.0):.3f}s",
+    }
+
+
+def _json_response(
+    status: int,
+    payload: Any,
+    *,
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    headers = {"x-request-id": f"req-{secrets.token_hex(8)}", **(headers or {})}
     if retry_after is not None:
         headers["Retry-After"] = f"{retry_after:g}"
     return web.Response(
         status=status, body=json.dumps(payload).encode(), content_type=_JSON, headers=headers
     )
+
+
+# -- a transport without a socket -------------------------------------------------------------
+
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
+
+
+def json_response(
+    status: int, payload: Any = None, *, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A ``Response`` with ``payload`` as its JSON body (``make_dataset(...)`` for a 200, or
+    ``{"detail": ...}`` for an error) and ``headers`` (case-insensitive).
+    """
+    body = b"" if payload is None else json.dumps(payload).encode()
+    merged = CIMultiDict({"content-type": _JSON})
+    merged.update(headers or {})
+    return Response(status, CIMultiDictProxy(merged), body)
+
+
+class MockTransport:
+    """A transport that answers every request by calling ``handler(request)``: no socket, no
+    server. The handler returns a ``Response`` (``json_response`` builds one), may be async,
+    and may raise ``APIConnectionError`` to act as a broken connection::
+
+        answers = iter([json_response(429, {"detail": "slow down"}, headers={"Retry-After": "0"}),
+                        json_response(200, make_dataset(0))])
+        client = DatasetsClient(api_key="k", transport=MockTransport(lambda r: next(answers)))
+
+    ``requests`` lists every request received, in order.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.requests: list[Request] = []
+        self.closed = False
+
+    async def send(self, request: Request, timeout: float | None = None) -> Response:  # noqa: ASYNC109
+        """Record ``request`` and return the handler's answer."""
+        self.requests.append(request)
+        answer = self._handler(request)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer
+
+    async def aclose(self) -> None:
+        """Mark the transport closed."""
+        self.closed = True

@@ -15,6 +15,7 @@ from nebius_datasets_async import (
     BulkOptions,
     BulkProgress,
     DatasetUpdate,
+    FlowControl,
     InternalServerError,
     InvalidArgumentError,
     NotFoundError,
@@ -76,7 +77,10 @@ async def test_thousands_with_faults_one_outcome_each_matching_the_server() -> N
         assert fake.stats.statuses[429] > 0
         assert fake.stats.statuses[503] > 0
         assert fake.stats.resets > 0
-        assert sum(o.attempts for o in outcomes) == fake.stats.requests
+        # A connection reset before any answer is resent once at once, not counted as an
+        # attempt: the server may see up to one more request per reset.
+        attempts = sum(o.attempts for o in outcomes)
+        assert attempts <= fake.stats.requests <= attempts + fake.stats.resets
         assert by_status[OutcomeStatus.APPLIED] >= 4900
 
 
@@ -181,22 +185,23 @@ async def test_cancelling_the_consumer_leaves_nothing_running() -> None:
             assert await client_tasks_left() == set()
 
 
-async def test_retry_after_pauses_all_new_requests_then_spreads_them() -> None:
-    """After a 429 with Retry-After no new request reaches the server before the wait ends;
-    after it, requests arrive spread out, not as a herd.
+async def test_retry_after_delays_only_the_throttled_update() -> None:
+    """A 429 with Retry-After makes its own update wait that long before its next try; the
+    other updates go on meanwhile instead of the whole run pausing.
     """
-    async with FakeDatasetsServer(datasets=200) as fake:
+    async with FakeDatasetsServer(datasets=200, faults=Faults(latency=0.005)) as fake:
         fake.fail_next(1, status=429, retry_after=0.3)
         updates = [DatasetUpdate(i, name="p") for i in fake.dataset_ids]
         outcomes = await collect(fake, updates, concurrency=16)
         assert all(o.ok for o in outcomes)
-        t429 = fake.requests[0].received_at
-        later = [r.received_at for r in fake.requests if r.received_at > t429 + 0.02]
-        assert later, "the run went on after the pause"
-        assert min(later) >= t429 + 0.3 - 0.01
-        first = sorted(later)[:20]
-        gaps = sorted(b - a for a, b in itertools.pairwise(first))
-        assert gaps[len(gaps) // 2] > 0.0005  # median gap: paced, not a burst
+        first = fake.requests[0]
+        again = [r for r in fake.requests[1:] if r.dataset_id == first.dataset_id]
+        assert len(again) == 1
+        assert again[0].received_at - first.received_at >= 0.3 - 0.01
+        meanwhile = [
+            r for r in fake.requests if first.received_at < r.received_at < again[0].received_at
+        ]
+        assert len(meanwhile) >= 100  # the run did not stop for the throttled update
 
 
 async def test_rate_limited_server_settles_with_few_429s() -> None:
@@ -212,13 +217,19 @@ async def test_rate_limited_server_settles_with_few_429s() -> None:
         assert share < 0.1, fake.stats
 
 
-async def test_without_adaptation_the_same_server_answers_many_more_429s() -> None:
-    """The control for the test above: with adaptation off, the 429 share is far higher."""
+async def test_the_gate_learns_the_servers_rate() -> None:
+    """After a run against a token bucket, the client's pace is near the bucket's rate."""
     faults = Faults(rate_limit=300, burst=10, rate_limit_retry_after=0.02)
-    async with FakeDatasetsServer(datasets=300, faults=faults, record_requests=False) as fake:
+    async with FakeDatasetsServer(datasets=900, faults=faults, record_requests=False) as fake:
         updates = [DatasetUpdate(i, name="rl") for i in fake.dataset_ids]
-        await collect(fake, updates, concurrency=64, options=BulkOptions(adaptive=False))
-        assert fake.stats.statuses[429] / fake.stats.requests > 0.3
+        async with fake.client(retry=FAST_RETRY) as client:
+            report = await client.patch_all(updates, concurrency=64)
+            state = client.flow.state()
+        assert report.ok
+        assert state.pacing == "measured"
+        assert state.rate is not None
+        assert 150 <= state.rate <= 400
+        assert report.final_rate == state.rate
 
 
 async def test_retry_budget_ends_a_run_against_a_dead_server_quickly() -> None:
@@ -233,8 +244,9 @@ async def test_retry_budget_ends_a_run_against_a_dead_server_quickly() -> None:
         assert fake.stats.requests <= 1.2 * 1000
     async with FakeDatasetsServer(datasets=200, faults=Faults(rate_503=1.0)) as fake:
         updates = [DatasetUpdate(i, name="dead") for i in fake.dataset_ids]
-        options = BulkOptions(retry_budget=None, adaptive=False)
-        await collect(fake, updates, concurrency=32, options=options)
+        flow = FlowControl(retry_budget=None)
+        async with fake.client(retry=FAST_RETRY, flow=flow) as client:
+            await client.patch_all(updates, concurrency=32)
         assert fake.stats.requests == 4 * 200
 
 
@@ -245,7 +257,7 @@ async def test_throttling_fails_an_item_only_after_max_throttled() -> None:
     async with FakeDatasetsServer(datasets=1) as fake:
         fake.fail_next(10, status=429, retry_after=0.001)
         updates = [DatasetUpdate(fake.dataset_ids[0], name="t")]
-        options = BulkOptions(max_throttled=3, adaptive=False)
+        options = BulkOptions(max_throttled=3)
         (outcome,) = await collect(fake, updates, options=options)
         assert outcome.status is OutcomeStatus.FAILED
         assert outcome.attempts == 4
@@ -379,9 +391,6 @@ async def test_a_run_is_iterated_once() -> None:
     [
         {"max_attempts": 0},
         {"max_throttled": -1},
-        {"decrease": 1.0},
-        {"probe": -0.1},
-        {"retry_budget": -5},
         {"progress_interval": "often"},
     ],
 )

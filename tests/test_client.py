@@ -166,14 +166,30 @@ async def test_timeout_is_api_timeout_error(fake: FakeDatasetsServer) -> None:
 
 
 async def test_reset_connection_is_api_connection_error(fake: FakeDatasetsServer) -> None:
-    """A connection closed without an answer raises APIConnectionError, not aiohttp's."""
-    fake.fail_next(1, reset=True)
+    """A connection closed without an answer (twice: the first is resent at once) raises
+    APIConnectionError, not aiohttp's.
+    """
+    fake.fail_next(2, reset=True)
     async with fake.client(retry=RetryPolicy.never()) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.rename(fake.dataset_ids[0], "x")
     assert type(info.value) is APIConnectionError
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+async def test_one_dead_connection_is_resent_without_counting_an_attempt(
+    fake: FakeDatasetsServer,
+) -> None:
+    """A connection that dies before any byte of the answer is resent once at once, even with
+    retries off: PATCH sets absolute values, so this is safe.
+    """
+    fake.fail_next(1, reset=True)
+    async with fake.client(retry=RetryPolicy.never()) as client:
+        ds = await client.rename(fake.dataset_ids[0], "resent")
+    assert ds.name == "resent"
+    assert fake.stats.requests == 2
+    assert fake.store[fake.dataset_ids[0]]["name"] == "resent"
 
 
 async def test_reset_then_success_is_retried(fake: FakeDatasetsServer) -> None:
@@ -235,19 +251,23 @@ async def test_max_concurrency_bounds_all_calls(fake: FakeDatasetsServer) -> Non
     assert fake.stats.requests == 20
 
 
+def sessions_of(client: DatasetsClient) -> list[aiohttp.ClientSession]:
+    """The aiohttp sessions a client made, one per event loop that used it."""
+    return [session for session, _closer in client._transport._sessions.values()]  # type: ignore[attr-defined]
+
+
 async def test_own_session_is_closed_on_exit_error_and_cancel(fake: FakeDatasetsServer) -> None:
     """The client closes the session it created: on exit, on an error, on cancellation."""
     client = fake.client()
     async with client:
         await client.get_dataset(fake.dataset_ids[0])
-        session = client._transport._session
-    assert session is not None
+        (session,) = sessions_of(client)
     assert session.closed
 
     async def fail_inside() -> aiohttp.ClientSession | None:
         async with fake.client() as client:
             await client.get_dataset(fake.dataset_ids[0])
-            sessions.append(client._transport._session)
+            sessions.extend(sessions_of(client))
             raise RuntimeError("boom")
 
     sessions: list[aiohttp.ClientSession | None] = []
@@ -401,7 +421,9 @@ async def test_os_error_is_mapped_without_a_socket() -> None:
     """An OSError from below aiohttp becomes APIConnectionError too."""
     with aioresponses() as mocked:
         mocked.patch(
-            "https://api.example.com/v1/datasets/x", exception=ConnectionResetError("peer")
+            "https://api.example.com/v1/datasets/x",
+            exception=ConnectionResetError("peer"),
+            repeat=True,
         )
         async with DatasetsClient(
             api_key="k", base_url="https://api.example.com", retry=RetryPolicy.never()

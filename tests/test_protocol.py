@@ -32,7 +32,7 @@ from nebius_datasets_async._protocol import (
     decode_dataset,
     error_from_response,
 )
-from nebius_datasets_async._retry import parse_retry_after
+from nebius_datasets_async._protocol import parse_retry_after
 
 from .conftest import sample_bytes
 

@@ -1,0 +1,216 @@
+"""The one retry loop: gate -> transport -> protocol -> decide -> wait, for every request.
+
+Single calls and bulk runs both go through ``Caller.call``; the only difference is the
+``CallContext`` a bulk run passes (its policy, shared counters and stop signal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    DatasetsError,
+    RunStoppedError,
+)
+from ._flow import Failure, Flow
+from ._models import Dataset
+from ._protocol import Request, decode_dataset, error_from_response, parse_rate_limits
+from ._retry import RetryPolicy
+from ._transport import Transport
+
+__all__ = ["CallContext", "CallStats", "Caller", "StopSignal"]
+
+logger = logging.getLogger("nebius_datasets_async")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@attrs.define(slots=True)
+class CallStats:
+    """Counters the retry loop keeps up to date, live, for every call it is handed to:
+    requests sent, retries, answers that were throttles, requests in flight.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    in_flight: int = 0
+
+
+class StopSignal:
+    """Tells calls that watch it to stop: no new attempt starts and waits between attempts end
+    at once; the call raises ``RunStoppedError``. Bound to the event loop it is first used in.
+    """
+
+    def __init__(self) -> None:
+        #: The error stopped calls raise, once ``stop()`` was called.
+        self.reason: RunStoppedError | None = None
+        self._event: asyncio.Event | None = None
+
+    def stop(self, reason: RunStoppedError) -> None:
+        """Stop (the first reason given wins)."""
+        if self.reason is None:
+            self.reason = reason
+            if self._event is not None:
+                self._event.set()
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if stopped meanwhile."""
+        if self.reason is not None:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), delay)
+
+
+@attrs.define(slots=True, kw_only=True)
+class CallContext:
+    """How one call runs, for engines built on the client (the bulk run is one):
+
+    - ``policy``: a ``RetryPolicy`` instead of the client's;
+    - ``stats``: counters shared by many calls, updated live;
+    - ``stop``: a ``StopSignal`` that ends the call between attempts.
+
+    After the call, ``attempts`` and ``throttled`` hold what this call did.
+    """
+
+    policy: RetryPolicy | None = None
+    stats: CallStats | None = None
+    stop: StopSignal | None = None
+    attempts: int = 0
+    throttled: int = 0
+
+
+class Caller:
+    """Runs requests with retries through a flow control and a transport."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        flow: Flow,
+        policy: RetryPolicy,
+        timeout: float,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.transport = transport
+        self.flow = flow
+        self.policy = policy
+        self.timeout = timeout
+        self._sleep = sleep
+        self._rand = rand
+
+    async def call(self, request: Request, context: CallContext | None = None) -> Dataset:
+        """Send ``request`` until it succeeds or the policy gives up; return the Dataset.
+
+        Raises the last attempt's error (an ``APIStatusError``, ``APIConnectionError`` or
+        ``ResponseValidationError``), ``APITimeoutError`` when the deadline passes before the
+        first attempt could be sent, or the stop signal's ``RunStoppedError``.
+        """
+        ctx = context if context is not None else CallContext()
+        policy = ctx.policy or self.policy
+        stats, stop, flow = ctx.stats, ctx.stop, self.flow
+        # A sleep injected for tests returns at once; `skipped` adds the time it should have
+        # taken, so that deadlines count it all the same.
+        skipped = 0.0
+        deadline = None if policy.deadline is None else time.monotonic() + policy.deadline
+        failures = 0
+        error: DatasetsError | None = None
+        while True:
+            if stop is not None and stop.reason is not None:
+                raise stop.reason
+            try:
+                ticket = await flow.admit(None if deadline is None else deadline - skipped)
+            except APITimeoutError:
+                if error is not None:
+                    raise error from None  # the last attempt's error says more
+                raise
+            if stop is not None and stop.reason is not None:
+                flow.cancel(ticket)
+                raise stop.reason
+            ctx.attempts += 1
+            timeout = self.timeout
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - skipped - time.monotonic(), 0.001))
+            if stats is not None:
+                stats.requests += 1
+                stats.in_flight += 1
+            try:
+                response = await self.transport.send(request, timeout)
+            except APITimeoutError as exc:
+                error = exc
+                failure: Failure | None = Failure.TIMEOUT
+            except APIConnectionError as exc:
+                error, failure = exc, Failure.ERROR
+            except BaseException:
+                flow.cancel(ticket)
+                raise
+            else:
+                status = response.status
+                limits = parse_rate_limits(response.headers)
+                if 200 <= status < 300:
+                    flow.on_answer(ticket, limits)
+                    return decode_dataset(request, response)
+                status_error = error_from_response(request, response)
+                error = status_error
+                if status == 429 or (status == 503 and status_error.retry_after is not None):
+                    flow.on_throttle(ticket, status_error.retry_after, limits, pause=status == 503)
+                    failure = None
+                elif status == 503:
+                    flow.on_failure(ticket, Failure.OVERLOAD)
+                    failure = Failure.OVERLOAD
+                elif status >= 500 or status == 408:
+                    flow.on_failure(ticket, Failure.ERROR)
+                    failure = Failure.ERROR
+                else:
+                    flow.on_answer(ticket, limits)
+                    raise status_error
+            finally:
+                if stats is not None:
+                    stats.in_flight -= 1
+
+            if not policy.is_retryable(error):
+                raise error
+            retry_after = error.retry_after if isinstance(error, APIStatusError) else None
+            if failure is None:  # a throttle: paced by the gate, waited out by this request
+                ctx.throttled += 1
+                if stats is not None:
+                    stats.throttled += 1
+                if ctx.throttled > policy.max_throttled:
+                    raise error
+                delay = policy.delay(ctx.throttled, retry_after, self._rand)
+            else:
+                failures += 1
+                if failures >= policy.max_attempts or not flow.retry_allowed(failure):
+                    raise error
+                delay = policy.delay(failures, retry_after, self._rand)
+            if deadline is not None and time.monotonic() + skipped + delay >= deadline:
+                raise error
+            if stats is not None:
+                stats.retries += 1
+            logger.info(
+                "retrying %s %s in %.2fs after attempt %d: %s",
+                request.method,
+                request.path,
+                delay,
+                ctx.attempts,
+                error,
+            )
+            started = time.monotonic()
+            if stop is not None and self._sleep is asyncio.sleep:
+                await stop.sleep(delay)
+            else:
+                await self._sleep(delay)
+            skipped += max(0.0, delay - (time.monotonic() - started))

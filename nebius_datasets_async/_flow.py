@@ -1,0 +1,580 @@
+"""The gate every request passes: concurrency, pauses, pacing and the retry budget.
+
+One ``FlowControl`` serves a whole client (or several clients that share one), across every
+task, event loop and thread. Its state is plain numbers under a ``threading.Lock``, driven by a
+clock passed in, so the maths is tested without sleeping; a caller waits in its own event loop
+and is woken from whichever thread frees its place.
+
+How it decides (the README says the same for users):
+
+- **Concurrency.** At most ``max_concurrency`` requests are admitted at once; waiting callers
+  are served first come, first served. The working cap starts gentle (``initial_concurrency``)
+  and grows by one per answer until the first sign of pressure (slow start), then by one per
+  cap's worth of answers. An *overload* (a 503 without ``Retry-After`` while other requests
+  succeed) cuts it by ``decrease``, at most once per round of requests in flight.
+- **Pacing.** Until the server first throttles (429), only concurrency bounds the sends. A
+  throttle switches pacing on: requests leave one slot apart (a GCRA schedule, booked in FIFO
+  order), at a rate measured while the server is saturated: the successes between two
+  throttles, when the server's quota was empty at both, are exactly what it admits.
+  Throttles answering requests sent before the last change of rate are one signal, not many,
+  and the pace never falls below half the best rate the server admitted lately, so a server
+  that refuses a share of requests at random cannot drive it to nothing.
+  While pacing is what holds requests back, the rate probes upward (``probe`` of itself per
+  second, faster the longer no throttle comes), so it follows a limit that rises or capacity
+  that other clients free; when pacing is not the bottleneck the rate holds.
+- **Retry-After.** Only the throttled request waits its ``Retry-After``; the others keep
+  their pace. The whole gate pauses only when the server is refusing everything (a run of
+  throttles with no success for a while, as a used-up fixed window does), or for a 503 that
+  carries ``Retry-After``.
+- **Quota headers.** When answers carry ``x-ratelimit-remaining-requests`` (and a reset time),
+  the gate spreads what remains over the time to the reset, holds when nothing remains, and
+  does not probe: no throttle is needed to find the limit.
+- **Retry budget.** Retrying a failure costs tokens from a shared budget (botocore's retry
+  quota); every answered request gives a little back. When it runs dry, failures are no longer
+  retried, so a dead server costs about one request per call. Throttles and overloads while
+  other requests succeed are paced, not paid for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ._exceptions import APITimeoutError
+from ._protocol import RateLimits
+from ._validate import check
+
+__all__ = ["Failure", "Flow", "FlowControl", "FlowState", "Ticket"]
+
+# How the measured rate is turned into a pace.
+_HEADROOM = 0.97  # pace this far below the measured limit
+_MIN_SPAN = 0.25  # seconds between two throttles before their span measures the limit
+_MIN_SPAN_REQUESTS = 8  # ... and at least this many successes' worth of time
+_MAX_CUT = 0.1  # one cut never takes the rate below this share of the rate in force
+_BLOCKED_STREAK = 5  # throttles in a row with no success ...
+_BLOCKED_QUIET = 0.1  # ... and no success for this long: the server refuses everything
+_PROBE_DOUBLING = 2.0  # seconds without a throttle after which the probe speed doubles
+_MAX_PROBE = 0.25  # fastest probe, as a share of the rate per second
+_PACED_RECENTLY = 1.0  # seconds since a request last waited for its slot: pacing binds
+_RECENT_SUCCESS = 2.0  # seconds: an overload is not an outage if a success came this recently
+_PEAK_WINDOW = 0.5  # seconds over which the admitted rate is measured for the floor
+_PEAK_HALF_LIFE = 60.0  # seconds: the best admitted rate counts for less as it ages
+_FLOOR = 0.5  # the pace never falls below this share of the best admitted rate
+
+
+class Failure(enum.Enum):
+    """Why an admitted request got no usable answer."""
+
+    #: A connection error or a 5xx: the server may be down.
+    ERROR = "error"
+    #: No answer within the timeout.
+    TIMEOUT = "timeout"
+    #: A 503 without ``Retry-After`` (or a dropped connection): the server is busy.
+    OVERLOAD = "overload"
+
+
+@attrs.frozen(slots=True)
+class Ticket:
+    """An admitted request. Report how it ended exactly once: ``on_answer``, ``on_throttle``,
+    ``on_failure`` or ``cancel``.
+    """
+
+    epoch: int
+    admitted_at: float
+
+
+@attrs.frozen(kw_only=True)
+class FlowState:
+    """A snapshot of a flow control, for progress displays and metrics."""
+
+    #: Requests admitted and not yet reported.
+    in_flight: int
+    #: Callers waiting for a place or a slot.
+    waiting: int
+    #: The working concurrency cap (at most ``max_concurrency``).
+    concurrency: int
+    max_concurrency: int
+    #: The paced rate in requests per second, or ``None`` while unpaced.
+    rate: float | None
+    #: Seconds until a pause ends (0 when not paused).
+    paused_for: float
+    #: Tokens left in the retry budget (``inf`` when unlimited).
+    budget: float
+    requests: int
+    throttles: int
+    overloads: int
+    failures: int
+    #: Times the rate was cut or the cap cut.
+    cuts: int
+    #: Where the pace comes from: ``"none"``, ``"measured"`` or ``"headers"``.
+    pacing: str
+
+
+@runtime_checkable
+class Flow(Protocol):
+    """What a client needs from a flow control (``FlowControl`` here; a shared one across
+    processes implements the same). ``admit`` is the only coroutine; the rest return at once.
+    """
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+    async def admit(self, deadline: float | None = None) -> Ticket:
+        """Wait until a request may be sent; ``deadline`` is a ``time.monotonic()`` value
+        after which waiting raises ``APITimeoutError``.
+        """
+        ...
+
+    def on_answer(self, ticket: Ticket, limits: RateLimits) -> None:
+        """The request got an answer that is not a throttle or a server failure."""
+
+    def on_throttle(
+        self, ticket: Ticket, retry_after: float | None, limits: RateLimits, *, pause: bool
+    ) -> None:
+        """The request was throttled (429; ``pause`` for a 503 with ``Retry-After``)."""
+
+    def on_failure(self, ticket: Ticket, failure: Failure) -> None:
+        """The request failed with no usable answer."""
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The request was admitted but never sent."""
+
+    def retry_allowed(self, failure: Failure) -> bool:
+        """Whether a request that failed this way may be tried again (pays the budget)."""
+        ...
+
+    def state(self) -> FlowState:
+        """The counters and limits right now."""
+        ...
+
+
+class _Waiter:
+    """A caller waiting for a place, in its own event loop."""
+
+    __slots__ = ("future", "granted", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.granted = False
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class FlowControl:
+    """The in-process flow control: see the module docstring for what it does.
+
+    Shared state: one instance may serve any number of clients, tasks, event loops and
+    threads; every method is thread-safe. Arguments (keyword-only):
+
+    - ``max_concurrency``: requests admitted at once, at most (also the connection pool size of
+      a client that uses it).
+    - ``initial_concurrency``: the cap at the start, growing with answers (slow start).
+    - ``retry_budget``: tokens in the retry budget (``None``: unlimited); a retry costs 5
+      (10 after a timeout), an answered request gives 1 back.
+    - ``decrease``: the factor the concurrency cap is cut by on an overload.
+    - ``probe``: how fast a binding pace creeps up, as a share of itself per second.
+    - ``min_rate``: the slowest pace, in requests per second.
+    - ``clock`` and ``sleep``: a monotonic clock in seconds (``time.monotonic``; deadlines use
+      the same) and the sleep that waits for it, for tests that drive time themselves.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 64,
+        initial_concurrency: int = 16,
+        retry_budget: float | None = 500.0,
+        decrease: float = 0.7,
+        probe: float = 0.01,
+        min_rate: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        check(
+            isinstance(max_concurrency, int)
+            and not isinstance(max_concurrency, bool)
+            and max_concurrency >= 1,
+            f"max_concurrency must be an int >= 1: {max_concurrency!r}",
+        )
+        check(
+            isinstance(initial_concurrency, int) and initial_concurrency >= 1,
+            f"initial_concurrency must be an int >= 1: {initial_concurrency!r}",
+        )
+        check(
+            retry_budget is None or (isinstance(retry_budget, int | float) and retry_budget >= 0),
+            f"retry_budget must be a number >= 0 or None: {retry_budget!r}",
+        )
+        check(
+            isinstance(decrease, int | float) and 0 < decrease < 1,
+            f"decrease must be between 0 and 1: {decrease!r}",
+        )
+        check(isinstance(probe, int | float) and probe >= 0, f"probe must be >= 0: {probe!r}")
+        check(
+            isinstance(min_rate, int | float) and min_rate > 0,
+            f"min_rate must be > 0: {min_rate!r}",
+        )
+        self._max = max_concurrency
+        self._decrease = float(decrease)
+        self._probe = float(probe)
+        self._min_rate = float(min_rate)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        now = clock()
+        # concurrency
+        self._cap = float(min(initial_concurrency, max_concurrency))
+        self._slow_start = True
+        self._active = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._pacing_waiters = 0
+        self._overload_epoch = -1
+        # pacing
+        self._rate: float | None = None
+        self._next_slot = -math.inf
+        self._epoch = 0
+        self._last_paced = -math.inf
+        self._last_growth = now
+        self._hold_until = -math.inf
+        # what the server admitted, for measuring its limit
+        self._oks = 0
+        self._mark: tuple[float, int] | None = None  # (time, oks) at the last counted throttle
+        self._first_ok: float | None = None
+        self._last_ok = -math.inf
+        self._last_throttle = -math.inf
+        self._streak = 0
+        self._window_start = now
+        self._window_oks = 0
+        self._peak = 0.0
+        self._peak_at = now
+        # quota headers
+        self._header_rate: float | None = None
+        self._header_until = -math.inf
+        # budget
+        self._budget_capacity = math.inf if retry_budget is None else float(retry_budget)
+        self._budget = self._budget_capacity
+        # counters
+        self._requests = 0
+        self._throttles = 0
+        self._overloads = 0
+        self._failures = 0
+        self._cuts = 0
+
+    def __repr__(self) -> str:
+        rate = "unpaced" if self._rate is None else f"{self._rate:.1f}/s"
+        return f"<FlowControl max_concurrency={self._max} cap={int(self._cap)} rate={rate}>"
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most requests admitted at once."""
+        return self._max
+
+    # -- admission ---------------------------------------------------------------------------
+
+    async def admit(self, deadline: float | None = None) -> Ticket:
+        """Wait for a place, then for the end of any pause and for a pacing slot; return the
+        ticket of the admitted request. Raises ``APITimeoutError`` if ``deadline`` (a
+        ``clock()`` value) would pass first; nothing is held then.
+        """
+        await self._take_place(deadline)
+        try:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    wait, epoch = self._book(now)
+                    if wait <= 0:
+                        self._requests += 1
+                        return Ticket(epoch, now)
+                    self._pacing_waiters += 1
+                if deadline is not None and now + wait > deadline:
+                    with self._lock:
+                        self._pacing_waiters -= 1
+                    raise APITimeoutError("the deadline passed while waiting to send")
+                try:
+                    await self._sleep(wait)
+                finally:
+                    with self._lock:
+                        self._pacing_waiters -= 1
+                with self._lock:
+                    now = self._clock()
+                    if self._epoch == epoch and now >= max(self._hold_until, self._header_until):
+                        self._requests += 1
+                        return Ticket(epoch, now)
+                # the rate changed or a pause began while waiting: book again
+        except BaseException:
+            with self._lock:
+                self._free_place()
+            raise
+
+    def _book(self, now: float) -> tuple[float, int]:
+        """Seconds to wait before sending (0: send now), and the epoch of that decision.
+        Books a pacing slot when a rate is in force. Under the lock.
+        """
+        hold = max(self._hold_until, self._header_until)
+        if now < hold:
+            return hold - now, self._epoch
+        rate = self._header_rate if self._header_rate is not None else self._rate
+        if rate is None:
+            return 0.0, self._epoch
+        interval = 1.0 / rate
+        slot = max(self._next_slot, now - interval)
+        self._next_slot = slot + interval
+        if slot > now:
+            self._last_paced = now
+            return slot - now, self._epoch
+        return 0.0, self._epoch
+
+    async def _take_place(self, deadline: float | None) -> None:
+        with self._lock:
+            if self._active < int(self._cap) and not self._waiters:
+                self._active += 1
+                return
+            waiter = _Waiter(asyncio.get_running_loop())
+            self._waiters.append(waiter)
+        try:
+            if deadline is None:
+                await waiter.future
+            else:
+                timeout = deadline - self._clock()
+                if timeout <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(waiter.future, timeout)
+        except BaseException as exc:
+            with self._lock:
+                if waiter.granted:
+                    self._free_place()  # handed a place we will not use: pass it on
+                else:
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise APITimeoutError("the deadline passed while waiting to send") from None
+            raise
+
+    def _free_place(self) -> None:
+        """Give a place back and hand free places to waiters, first come first served. Under
+        the lock.
+        """
+        self._active -= 1
+        while self._waiters and self._active < int(self._cap):
+            waiter = self._waiters.popleft()
+            waiter.granted = True
+            self._active += 1
+            try:
+                if _running_loop() is waiter.loop:
+                    _resolve(waiter.future)
+                else:
+                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+            except RuntimeError:  # that loop is closed: its caller is gone
+                waiter.granted = False
+                self._active -= 1
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    def on_answer(self, ticket: Ticket, limits: RateLimits) -> None:
+        """The request was answered (a success, or an error that is the request's own)."""
+        with self._lock:
+            now = self._clock()
+            self._oks += 1
+            self._streak = 0
+            self._last_ok = now
+            self._window_oks += 1
+            if now - self._window_start >= _PEAK_WINDOW:
+                self._note_peak(now, self._window_oks / (now - self._window_start))
+                self._window_start, self._window_oks = now, 0
+            if self._first_ok is None:
+                self._first_ok = now
+            self._refund(1.0)
+            self._grow(now)
+            self._read_limits(now, limits)
+            self._free_place()
+
+    def on_throttle(
+        self, ticket: Ticket, retry_after: float | None, limits: RateLimits, *, pause: bool = False
+    ) -> None:
+        """The request was throttled. ``pause``: the server asked everyone to wait (a 503 with
+        ``Retry-After``), not only this request.
+        """
+        with self._lock:
+            now = self._clock()
+            self._throttles += 1
+            self._streak += 1
+            self._last_throttle = now
+            self._slow_start = False
+            self._read_limits(now, limits)
+            blocked = (
+                self._streak >= _BLOCKED_STREAK
+                and now - self._last_ok >= _BLOCKED_QUIET
+                and self._header_rate is None
+            )
+            if retry_after is not None and (pause or blocked):
+                self._hold_until = max(self._hold_until, now + retry_after)
+            elif ticket.epoch == self._epoch and self._header_rate is None:
+                self._cut_rate(now)
+            self._free_place()
+
+    def _cut_rate(self, now: float) -> None:
+        """Set the pace from what the server admitted since the last counted throttle."""
+        rate, mark = self._rate, self._mark
+        if mark is None:
+            # First contact: what got through so far estimates the limit from above (it may
+            # include the server's burst); the next throttle measures it exactly.
+            since = self._first_ok if self._first_ok is not None else now
+            span, admitted = max(now - since, 0.05), self._oks
+        else:
+            span, admitted = now - mark[0], self._oks - mark[1]
+            least = _MIN_SPAN if rate is None else max(_MIN_SPAN, _MIN_SPAN_REQUESTS / rate)
+            if span < least:
+                return  # too soon to measure: the same signal as the last cut
+        if admitted < _MIN_SPAN_REQUESTS:
+            # Too little got through to measure anything: measure from here on. A pace in
+            # force that still lets nearly nothing through is halved.
+            self._mark = (now, self._oks)
+            if rate is None:
+                return
+            new_rate = 0.5 * rate
+        elif rate is None or mark is None:
+            new_rate = admitted / span
+        else:
+            new_rate = max(min(_HEADROOM * admitted / span, rate), _MAX_CUT * rate)
+        # Throttles that come whatever the pace (a server that refuses a share of requests at
+        # random) must not drive it to nothing: keep at least half the best admitted rate.
+        new_rate = max(new_rate, _FLOOR * self._note_peak(now, 0.0))
+        self._rate = max(new_rate, self._min_rate)
+        self._mark = (now, self._oks)
+        self._epoch += 1
+        self._cuts += 1
+        self._last_growth = now
+        self._next_slot = max(self._next_slot, now)
+
+    def on_failure(self, ticket: Ticket, failure: Failure) -> None:
+        """The request got no usable answer (see ``Failure``)."""
+        with self._lock:
+            if failure is Failure.OVERLOAD:
+                self._overloads += 1
+                self._slow_start = False
+                if ticket.epoch > self._overload_epoch:
+                    # one cut per round of requests in flight
+                    self._cap = max(1.0, self._cap * self._decrease)
+                    self._overload_epoch = self._epoch
+                    self._epoch += 1
+                    self._cuts += 1
+            else:
+                self._failures += 1
+            self._free_place()
+
+    def cancel(self, ticket: Ticket) -> None:
+        """An admitted request was never sent."""
+        with self._lock:
+            self._requests -= 1
+            self._free_place()
+
+    def retry_allowed(self, failure: Failure) -> bool:
+        """Whether a request that failed this way may be tried again: an overload while other
+        requests succeed is free; anything else pays the budget (10 tokens after a timeout,
+        5 otherwise) and is refused when it is spent.
+        """
+        with self._lock:
+            if failure is Failure.OVERLOAD and self._clock() - self._last_ok < _RECENT_SUCCESS:
+                return True
+            cost = 10.0 if failure is Failure.TIMEOUT else 5.0
+            if self._budget < cost:
+                return False
+            self._budget -= cost
+            return True
+
+    # -- helpers (under the lock) ------------------------------------------------------------
+
+    def _refund(self, tokens: float) -> None:
+        if self._budget < self._budget_capacity:
+            self._budget = min(self._budget_capacity, self._budget + tokens)
+
+    def _grow(self, now: float) -> None:
+        if self._cap < self._max:
+            step = 1.0 if self._slow_start else 1.0 / self._cap
+            self._cap = min(float(self._max), self._cap + step)
+        rate = self._rate
+        if rate is None or self._header_rate is not None:
+            return
+        dt = now - self._last_growth
+        if dt <= 0:
+            return
+        self._last_growth = now
+        if now - self._last_paced > _PACED_RECENTLY:
+            return  # pacing is not what holds requests back: hold the rate
+        quiet = now - max(self._last_throttle, self._hold_until)
+        speed = min(_MAX_PROBE, self._probe * 2.0 ** (max(quiet, 0.0) / _PROBE_DOUBLING))
+        self._rate = rate * (1.0 + speed * min(dt, 1.0))
+
+    def _note_peak(self, now: float, admitted: float) -> float:
+        """Record an admitted rate; return the best one, halving every ``_PEAK_HALF_LIFE``."""
+        decay = 0.5 ** ((now - self._peak_at) / _PEAK_HALF_LIFE)
+        self._peak = max(self._peak * decay, admitted)
+        self._peak_at = now
+        return self._peak
+
+    def _read_limits(self, now: float, limits: RateLimits) -> None:
+        remaining = limits.remaining
+        if remaining is None:
+            return
+        # What is left for requests not yet counted by the server: ours in flight (this one
+        # is already counted) take their share first.
+        left = remaining - max(self._active - 1, 0)
+        reset = limits.reset
+        if reset is not None and reset > 0:
+            if left <= 0:
+                self._header_until = now + reset
+                self._header_rate = None
+            else:
+                self._header_rate = max(left / reset, self._min_rate)
+                self._header_until = -math.inf
+        elif left <= 0:
+            # Nothing left and no reset time given: wait a moment before the next request.
+            self._header_until = now + 1.0
+        else:
+            self._header_rate = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state(self) -> FlowState:
+        """The counters and limits right now."""
+        with self._lock:
+            now = self._clock()
+            hold = max(self._hold_until, self._header_until)
+            if self._header_rate is not None:
+                rate: float | None = self._header_rate
+                pacing = "headers"
+            else:
+                rate = self._rate
+                pacing = "none" if rate is None else "measured"
+            return FlowState(
+                in_flight=self._active - self._pacing_waiters,
+                waiting=len(self._waiters) + self._pacing_waiters,
+                concurrency=int(self._cap),
+                max_concurrency=self._max,
+                rate=rate,
+                paused_for=max(0.0, hold - now),
+                budget=self._budget,
+                requests=self._requests,
+                throttles=self._throttles,
+                overloads=self._overloads,
+                failures=self._failures,
+                cuts=self._cuts,
+                pacing=pacing,
+            )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
