@@ -149,11 +149,12 @@ class Caller:
                 stats.in_flight += 1
             try:
                 response = await self.transport.send(request, timeout)
-            except APITimeoutError as exc:
-                error = exc
-                failure: Failure | None = Failure.TIMEOUT
             except APIConnectionError as exc:
-                error, failure = exc, Failure.ERROR
+                error = exc
+                failure: Failure | None = (
+                    Failure.TIMEOUT if isinstance(exc, APITimeoutError) else Failure.ERROR
+                )
+                flow.on_failure(ticket, failure)
             except BaseException:
                 flow.cancel(ticket)
                 raise

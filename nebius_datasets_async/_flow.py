@@ -38,6 +38,7 @@ How it decides (the README says the same for users):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import math
 import threading
@@ -56,13 +57,15 @@ __all__ = ["Failure", "Flow", "FlowControl", "FlowState", "Ticket"]
 
 # How the measured rate is turned into a pace.
 _HEADROOM = 0.97  # pace this far below the measured limit
-_MIN_SPAN = 0.25  # seconds between two throttles before their span measures the limit
+_MIN_SPAN = 0.1  # seconds between two throttles before their span measures the limit
 _MIN_SPAN_REQUESTS = 8  # ... and at least this many successes' worth of time
+_MIN_SPAN_RTTS = 3.0  # ... and this many round trips, so that latency jitter does not count
+_OK_HISTORY = 2.0  # seconds of answer times kept for measuring
 _MAX_CUT = 0.1  # one cut never takes the rate below this share of the rate in force
 _BLOCKED_STREAK = 5  # throttles in a row with no success ...
 _BLOCKED_QUIET = 0.1  # ... and no success for this long: the server refuses everything
-_PROBE_DOUBLING = 2.0  # seconds without a throttle after which the probe speed doubles
-_MAX_PROBE = 0.25  # fastest probe, as a share of the rate per second
+_PROBE_DOUBLING = 1.0  # seconds without a throttle after which the probe speed doubles
+_MAX_PROBE = 0.5  # fastest probe, as a share of the rate per second
 _PACED_RECENTLY = 1.0  # seconds since a request last waited for its slot: pacing binds
 _RECENT_SUCCESS = 2.0  # seconds: an overload is not an outage if a success came this recently
 _PEAK_WINDOW = 0.5  # seconds over which the admitted rate is measured for the floor
@@ -197,7 +200,7 @@ class FlowControl:
         initial_concurrency: int = 16,
         retry_budget: float | None = 500.0,
         decrease: float = 0.7,
-        probe: float = 0.01,
+        probe: float = 0.02,
         min_rate: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -248,12 +251,13 @@ class FlowControl:
         self._last_growth = now
         self._hold_until = -math.inf
         # what the server admitted, for measuring its limit
-        self._oks = 0
-        self._mark: tuple[float, int] | None = None  # (time, oks) at the last counted throttle
+        self._ok_times: deque[float] = deque()
+        self._last_cut = -math.inf
         self._first_ok: float | None = None
         self._last_ok = -math.inf
         self._last_throttle = -math.inf
         self._streak = 0
+        self._latency = 0.0  # smoothed time from admission to answer
         self._window_start = now
         self._window_oks = 0
         self._peak = 0.0
@@ -384,9 +388,12 @@ class FlowControl:
         """The request was answered (a success, or an error that is the request's own)."""
         with self._lock:
             now = self._clock()
-            self._oks += 1
+            self._ok_times.append(now)
+            if len(self._ok_times) > 4096 and self._ok_times[0] <= now - _OK_HISTORY:
+                self._ok_times.popleft()
             self._streak = 0
             self._last_ok = now
+            self._latency += 0.1 * (now - ticket.admitted_at - self._latency)
             self._window_oks += 1
             if now - self._window_start >= _PEAK_WINDOW:
                 self._note_peak(now, self._window_oks / (now - self._window_start))
@@ -423,26 +430,28 @@ class FlowControl:
             self._free_place()
 
     def _cut_rate(self, now: float) -> None:
-        """Set the pace from what the server admitted since the last counted throttle."""
-        rate, mark = self._rate, self._mark
-        if mark is None:
-            # First contact: what got through so far estimates the limit from above (it may
-            # include the server's burst); the next throttle measures it exactly.
-            since = self._first_ok if self._first_ok is not None else now
-            span, admitted = max(now - since, 0.05), self._oks
-        else:
-            span, admitted = now - mark[0], self._oks - mark[1]
-            least = _MIN_SPAN if rate is None else max(_MIN_SPAN, _MIN_SPAN_REQUESTS / rate)
-            if span < least:
-                return  # too soon to measure: the same signal as the last cut
+        """Set the pace from what the server admitted over the last few round trips: while it
+        throttles, that is what it admits, and a throttle says it is throttling now.
+        """
+        rate = self._rate
+        window = max(_MIN_SPAN, _MIN_SPAN_RTTS * self._latency)
+        if rate is not None:
+            window = max(window, _MIN_SPAN_REQUESTS / rate)
+            if now - self._last_cut < window:
+                return  # too soon after the last cut to measure again: the same signal
+        oks = self._ok_times
+        while oks and oks[0] <= now - _OK_HISTORY:
+            oks.popleft()
+        first = self._first_ok if self._first_ok is not None else now
+        start = max(now - window, first - self._latency)
+        span = max(now - start, 0.02)
+        admitted = len(oks) - bisect.bisect_right(oks, start)
         if admitted < _MIN_SPAN_REQUESTS:
-            # Too little got through to measure anything: measure from here on. A pace in
-            # force that still lets nearly nothing through is halved.
-            self._mark = (now, self._oks)
+            # Too little got through to measure anything: a pace in force is halved.
             if rate is None:
                 return
             new_rate = 0.5 * rate
-        elif rate is None or mark is None:
+        elif rate is None:
             new_rate = admitted / span
         else:
             new_rate = max(min(_HEADROOM * admitted / span, rate), _MAX_CUT * rate)
@@ -450,7 +459,7 @@ class FlowControl:
         # random) must not drive it to nothing: keep at least half the best admitted rate.
         new_rate = max(new_rate, _FLOOR * self._note_peak(now, 0.0))
         self._rate = max(new_rate, self._min_rate)
-        self._mark = (now, self._oks)
+        self._last_cut = now
         self._epoch += 1
         self._cuts += 1
         self._last_growth = now

@@ -31,8 +31,8 @@ from nebius_datasets_async._protocol import (
     dataset_path,
     decode_dataset,
     error_from_response,
+    parse_retry_after,
 )
-from nebius_datasets_async._protocol import parse_retry_after
 
 from .conftest import sample_bytes
 
