@@ -151,10 +151,9 @@ class Caller:
                 response = await self.transport.send(request, timeout)
             except APIConnectionError as exc:
                 error = exc
-                failure: Failure | None = (
-                    Failure.TIMEOUT if isinstance(exc, APITimeoutError) else Failure.ERROR
-                )
-                flow.on_failure(ticket, failure)
+                lost = Failure.TIMEOUT if isinstance(exc, APITimeoutError) else Failure.ERROR
+                flow.on_failure(ticket, lost)
+                failure: Failure | None = lost
             except BaseException:
                 flow.cancel(ticket)
                 raise

@@ -5,6 +5,7 @@ event-loop behaviour with real loops.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from typing import Any
 
@@ -193,7 +194,7 @@ async def test_pacing_spaces_requests_one_slot_apart() -> None:
         t = await flow.admit()
         times.append(clock.now)
         flow.on_answer(t, NONE)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(g == pytest.approx(1 / rate, rel=0.1) for g in gaps[1:])
 
 
@@ -207,7 +208,8 @@ async def test_rate_probes_up_only_while_pacing_binds() -> None:
     assert start is not None
     await answer(flow, clock, 50)  # back to back: every one waits for its slot
     grown = flow.state().rate
-    assert grown is not None and grown > start
+    assert grown is not None
+    assert grown > start
     clock.now += 5
     await answer(flow, clock, 5, spacing=2.0)  # idle service: pacing does not bind
     assert flow.state().rate == pytest.approx(grown, rel=0.01)

@@ -201,7 +201,7 @@ async def test_every_admitted_request_gives_its_place_back() -> None:
     )
     async with FakeDatasetsServer(datasets=300, faults=faults) as fake:
         async with fake.client(timeout=0.1, retry=FAST_RETRY) as client:
-            ids = fake.dataset_ids + ["missing-1", "missing-2"]
+            ids = [*fake.dataset_ids, "missing-1", "missing-2"]
             await client.patch_all(DatasetUpdate(i, name="x") for i in ids)
             state = client.flow.state()
         assert state.in_flight == 0
