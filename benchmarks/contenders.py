@@ -27,19 +27,24 @@ Result = dict[str, Any]
 
 
 def updates(cfg: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(dataset_id, new folder) for update i, cycling over the fake's ids."""
+    """(dataset_id, new folder) for update i, cycling over the fake's ids (from ``offset``)."""
     datasets = cfg["datasets"]
+    offset = cfg.get("offset", 0)
     for i in range(cfg["n"]):
-        yield fake_dataset_id(i % datasets), f"/bench/{i % 97}"
+        yield fake_dataset_id((offset + i) % datasets), f"/bench/{i % 97}"
+
+
+def client_for(cfg: dict[str, Any]) -> DatasetsClient:
+    return DatasetsClient(
+        api_key=cfg["api_key"], base_url=cfg["base_url"], max_concurrency=cfg["concurrency"]
+    )
 
 
 # -- ours ------------------------------------------------------------------------------------
 
 
 async def ours(cfg: dict[str, Any]) -> Result:
-    async with DatasetsClient(
-        api_key=cfg["api_key"], base_url=cfg["base_url"], max_concurrency=cfg["concurrency"]
-    ) as client:
+    async with client_for(cfg) as client:
         report = await client.patch_all(DatasetUpdate(i, folder=f) for i, f in updates(cfg))
     return {
         "ok": report.succeeded,
@@ -65,6 +70,99 @@ async def ours_gather(cfg: dict[str, Any]) -> Result:
 
         await asyncio.gather(*(one(i, f) for i, f in updates(cfg)))
     return {"ok": ok, "failed": failed, "requests": None}
+
+
+async def service(cfg: dict[str, Any]) -> Result:
+    """A service: 300 tasks share one client, each making its share of single calls."""
+    tasks = 300
+    ok = failed = 0
+    work = list(updates(cfg))
+    async with client_for(cfg) as client:
+
+        async def task(k: int) -> None:
+            nonlocal ok, failed
+            for dataset_id, folder in work[k::tasks]:
+                try:
+                    await client.move(dataset_id, folder)
+                    ok += 1
+                except DatasetsError:
+                    failed += 1
+
+        await asyncio.gather(*(task(k) for k in range(tasks)))
+        requests = client.flow.state().requests
+    return {"ok": ok, "failed": failed, "requests": requests}
+
+
+async def mixed(cfg: dict[str, Any]) -> Result:
+    """One bulk run of 80% of the updates and single calls for the rest, at once."""
+    work = list(updates(cfg))
+    split = len(work) * 4 // 5
+    ok = failed = 0
+    async with client_for(cfg) as client:
+
+        async def single(dataset_id: str, folder: str) -> None:
+            nonlocal ok, failed
+            try:
+                await client.move(dataset_id, folder)
+                ok += 1
+            except DatasetsError:
+                failed += 1
+
+        bulk = asyncio.ensure_future(
+            client.patch_all(DatasetUpdate(i, folder=f) for i, f in work[:split])
+        )
+        await asyncio.gather(*(single(i, f) for i, f in work[split:]))
+        report = await bulk
+        requests = client.flow.state().requests
+    return {
+        "ok": ok + report.succeeded,
+        "failed": failed + report.failed + report.skipped,
+        "requests": requests,
+    }
+
+
+async def two_bulk(cfg: dict[str, Any]) -> Result:
+    """Two bulk runs on one client at once, each half of the updates."""
+    work = list(updates(cfg))
+    half = len(work) // 2
+    async with client_for(cfg) as client:
+        reports = await asyncio.gather(
+            client.patch_all(DatasetUpdate(i, folder=f) for i, f in work[:half]),
+            client.patch_all(DatasetUpdate(i, folder=f) for i, f in work[half:]),
+        )
+    return {
+        "ok": sum(r.succeeded for r in reports),
+        "failed": sum(r.failed + r.skipped for r in reports),
+        "requests": sum(r.requests for r in reports),
+    }
+
+
+async def fleet4(cfg: dict[str, Any]) -> Result:
+    """Four processes with the same key, each its own client and bulk run of a quarter."""
+    procs = 4
+    share = cfg["n"] // procs
+    children = []
+    for k in range(procs):
+        child = {**cfg, "n": share, "offset": k * share, "cpu": None}
+        children.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "ours",
+                json.dumps(child),
+                stdout=asyncio.subprocess.PIPE,
+            )
+        )
+    results = []
+    for child_proc in children:
+        out, _ = await child_proc.communicate()
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return {
+        "ok": sum(r["ok"] for r in results),
+        "failed": sum(r["failed"] for r in results),
+        "requests": sum(r["requests"] for r in results),
+        "child_cpu": sum(r["cpu"] for r in results),
+    }
 
 
 # -- baseline (a): hand-written aiohttp -----------------------------------------------------
@@ -183,6 +281,10 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Awaitable[Result]]] = {
     "aiohttp": raw_aiohttp,
     "httpx": raw_httpx,
     "openai_style": openai_style,
+    "service": service,
+    "mixed": mixed,
+    "two_bulk": two_bulk,
+    "fleet4": fleet4,
 }
 
 

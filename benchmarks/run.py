@@ -40,6 +40,157 @@ class Scenario:
     datasets: int = 5000
     # Per contender: a different number of updates (a slow baseline on a smaller sample).
     n_for: dict[str, int] = attrs.field(factory=dict)
+    #: The limit's average rate (requests/s), for the wall / (N/R) figure.
+    rate: float | None = None
+
+
+LATENCY = 0.02
+
+
+def bucket(rate: float, burst: int, retry_after: float = 1.0) -> dict[str, Any]:
+    return {
+        "rate_limit": rate,
+        "burst": burst,
+        "rate_limit_retry_after": retry_after,
+        "latency": LATENCY,
+    }
+
+
+TINY_FLOW = {"grid_500_50", "service", "mixed", "two_bulk", "fleet4", "window_fixed_headers"}
+
+
+def flow_scenarios(scale: float, tiny: bool) -> list[Scenario]:
+    """The gate's targets: rate limits as token buckets and windows, shared by several kinds
+    of callers. N scales with the limit, so each takes about the same time.
+    """
+
+    def n(full: int) -> int:
+        return max(50, int(full * scale))
+
+    out = []
+    for rate, burst in (
+        (100, 10),
+        (100, 50),
+        (200, 10),
+        (200, 50),
+        (500, 10),
+        (500, 50),
+        (1000, 10),
+        (1000, 50),
+    ):
+        out.append(
+            Scenario(
+                f"grid_{rate}_{burst}",
+                f"6. Token bucket {rate}/s, burst {burst}, Retry-After 1, 20 ms, N = 10 R",
+                ("ours",),
+                n(10 * rate),
+                64,
+                bucket(rate, burst),
+                datasets=n(10 * rate),
+                rate=rate,
+            )
+        )
+    out += [
+        Scenario(
+            "grid_long",
+            "6. Token bucket 200/s, burst 10, N = 40 R",
+            ("ours",),
+            n(8000),
+            64,
+            bucket(200, 10),
+            datasets=n(8000),
+            rate=200,
+        ),
+        Scenario(
+            "service",
+            "7. Service: 300 tasks x 5 single calls, bucket 150/s, burst 10",
+            ("service",),
+            n(1500),
+            64,
+            bucket(150, 10),
+            datasets=n(1500),
+            rate=150,
+        ),
+        Scenario(
+            "mixed",
+            "7. One bulk run (80%) + single calls (20%) at once, 200/s",
+            ("mixed",),
+            n(2000),
+            64,
+            bucket(200, 10),
+            datasets=n(2000),
+            rate=200,
+        ),
+        Scenario(
+            "two_bulk",
+            "7. Two bulk runs at once on one client, 200/s",
+            ("two_bulk",),
+            n(3000),
+            64,
+            bucket(200, 10),
+            datasets=n(3000),
+            rate=200,
+        ),
+        Scenario(
+            "fleet4",
+            "7. Four processes, one key, each its own client, 200/s",
+            ("fleet4",),
+            n(3000),
+            64,
+            bucket(200, 10),
+            datasets=n(3000),
+            rate=200,
+        ),
+        Scenario(
+            "demo",
+            "7. The demo's server: 500/s, burst 50, 20 ms, a few faults",
+            ("ours",),
+            n(2000),
+            64,
+            {
+                **bucket(500, 50),
+                "rate_500": 0.003,
+                "rate_500_after_apply": 0.002,
+                "rate_reset": 0.002,
+                "seed": 2026,
+            },
+            datasets=n(2000),
+            rate=500,
+        ),
+        Scenario(
+            "retry_after_5",
+            "7. Token bucket 200/s, burst 20, Retry-After 5",
+            ("ours",),
+            n(2000),
+            64,
+            bucket(200, 20, 5.0),
+            datasets=n(2000),
+            rate=200,
+        ),
+    ]
+    window = 1.0 if tiny else 10.0
+    for kind in ("fixed", "sliding"):
+        for headers in (True, False):
+            label = "with" if headers else "without"
+            out.append(
+                Scenario(
+                    f"window_{kind}_{'headers' if headers else 'bare'}",
+                    f"8. {kind.title()} window 1,000 per 10 s, {label} x-ratelimit headers",
+                    ("ours",),
+                    n(5000),
+                    64,
+                    {
+                        "window_limit": max(20, int(1000 * scale)),
+                        "window": window,
+                        "window_kind": kind,
+                        "limit_headers": headers,
+                        "latency": LATENCY,
+                    },
+                    datasets=n(5000),
+                    rate=max(20, int(1000 * scale)) / window,
+                )
+            )
+    return [s for s in out if s.key in TINY_FLOW] if tiny else out
 
 
 def scenarios(quick: bool, tiny: bool) -> list[Scenario]:
@@ -95,6 +246,7 @@ def scenarios(quick: bool, tiny: bool) -> list[Scenario]:
             {"rate_503": 1.0},
             n_for={"openai_style": n(1000)},
         ),
+        *flow_scenarios(scale, tiny),
     ]
 
 
@@ -135,6 +287,10 @@ def run_once(scenario: Scenario, contender: str) -> Run:
     result["server_requests"] = stats.get("requests")
     result["server_429"] = stats.get("statuses", {}).get("429", 0)
     result["server_max_in_flight"] = stats.get("max_in_flight")
+    if scenario.rate:
+        result["vs_ideal"] = result["wall"] / (cfg["n"] / scenario.rate)
+    if "child_cpu" in result:
+        result["cpu"] += result["child_cpu"]
     return result
 
 
@@ -246,7 +402,9 @@ def render(
             n = rs[0]["n"]
             reqs = median(rs, "server_requests")
             ratio = median(rs, metric) / median(base, metric) if median(base, metric) else 0
-            if scenario.key.startswith("memory"):
+            if scenario.rate:
+                ratio_text = f"{median(rs, 'vs_ideal'):.3f}x N/R"
+            elif scenario.key.startswith("memory"):
                 ratio_text = f"RSS {ratio:.2f}x"
             elif metric == "per_update_requests":
                 ratio_text = f"requests {ratio:.2f}x"
@@ -282,7 +440,25 @@ def _headline(key: str) -> str:
         "memory_large": "peak_rss_mb",
         "ratelimit": "wall",
         "outage": "per_update_requests",
-    }[key]
+    }.get(key, "wall")
+
+
+def _target(key: str) -> str:
+    if key.startswith("grid_") and key != "grid_long":
+        return "<= 1.15x N/R + 1 s, < 5% 429s"
+    return {
+        "grid_long": "<= 1.05x N/R",
+        "service": "<= 1.2x N/R + 1.5 s, <= 5% 429s, 0 failed",
+        "mixed": "<= 1.25x N/R + 1.5 s",
+        "two_bulk": "<= 1.25x N/R + 1.5 s",
+        "fleet4": "<= 1.5x N/R, all applied",
+        "demo": "<= 1.25x N/R",
+        "retry_after_5": "<= 1.25x N/R + 5 s",
+        "window_fixed_headers": "<= 1.05x N/R, < 1% 429s",
+        "window_sliding_headers": "<= 1.05x N/R, < 1% 429s",
+        "window_fixed_bare": "<= 1.25x N/R",
+        "window_sliding_bare": "<= 1.25x N/R",
+    }.get(key, "-")
 
 
 def _derived(chosen: list[Scenario], runs: dict[str, dict[str, list[Run]]]) -> list[str]:
@@ -331,6 +507,16 @@ def _derived(chosen: list[Scenario], runs: dict[str, dict[str, list[Run]]]) -> l
             f"baseline (d) {median(d, 'wall'):.2f}s, {median(d, 'share_429'):.1%} 429s, "
             f"{int(median(d, 'failed'))} of {d[0]['n']} updates failed."
         )
+    flow = [s for s in chosen if s.rate and s.key != "ratelimit"]
+    if flow:
+        out += ["", "### The gate's targets (wall / (N/R), 429 share)", ""]
+        for s in flow:
+            rs = next(iter(runs[s.key].values()))
+            out.append(
+                f"- {s.title}: {median(rs, 'vs_ideal'):.3f}x N/R "
+                f"({spread(rs, 'vs_ideal', '.3f')}), {median(rs, 'share_429'):.1%} 429s, "
+                f"{int(median(rs, 'failed'))} failed; target {_target(s.key)}."
+            )
     if "outage" in keys:
         by = runs["outage"]
         out.append(
