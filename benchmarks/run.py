@@ -152,7 +152,6 @@ def flow_scenarios(scale: float, tiny: bool) -> list[Scenario]:
                 "rate_500": 0.003,
                 "rate_500_after_apply": 0.002,
                 "rate_reset": 0.002,
-                "seed": 2026,
             },
             datasets=n(2000),
             rate=500,
