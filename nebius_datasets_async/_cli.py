@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--latency", type=float, default=0.02, help="seconds per request")
     demo.add_argument("--seed", type=int, default=2026)
     demo.add_argument("--no-progress", action="store_true", help="no progress display")
+
+    sub.add_parser(
+        "fake-server",
+        help="serve the fake Datasets API on 127.0.0.1 until Ctrl-C",
+        add_help=False,
+        description="See `nebius-datasets fake-server --help`.",
+    )
     return parser
 
 
@@ -104,6 +111,11 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fake-server"]:
+        from .testing import main as fake_server
+
+        return fake_server(argv[1:])
     args = _parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], Any]] = {
         "get": _get,
@@ -128,8 +140,15 @@ def _read_key(args: argparse.Namespace) -> str:
     if args.api_key_file is not None:
         try:
             key: str = args.api_key_file.read_text(encoding="utf-8").strip()
+            mode = args.api_key_file.stat().st_mode
         except OSError as exc:
             raise UsageError(f"cannot read --api-key-file: {exc.strerror}") from None
+        if mode & 0o077:
+            print(
+                f"nebius-datasets: warning: {args.api_key_file} is readable by others "
+                f"(mode {mode & 0o777:03o}); chmod 600 it",
+                file=sys.stderr,
+            )
         if not key:
             raise UsageError("--api-key-file is empty")
         return key
@@ -168,6 +187,7 @@ def _print_dataset(ds: Dataset, output: str) -> None:
     if output == "json":
         print(json.dumps(data, ensure_ascii=False))
         return
+    data["created_at"] = ds.created.strftime("%Y-%m-%dT%H:%M:%SZ")
     width = max(len(k) for k in data)
     for key, value in data.items():
         shown = ", ".join(value) if isinstance(value, list) else value
@@ -479,9 +499,11 @@ async def _apply_plan(
         "requests": report.requests,
         "retries": report.retries,
         "throttled": report.throttled,
+        "final_rate": None if report.final_rate is None else round(report.final_rate, 1),
         "seconds": round(report.elapsed, 3),
         "interrupted": bool(interrupted),
     }
+    pace = "unpaced" if report.final_rate is None else f"paced at {report.final_rate:.0f}/s"
     if args.output == "json":
         print(json.dumps({"summary": summary}))
     else:
@@ -492,7 +514,8 @@ async def _apply_plan(
         print(
             f"{report.succeeded} applied, {report.failed} failed, {report.skipped} left undone, "
             f"{resumed} already applied (of {total}); {report.requests} requests, "
-            f"{report.retries} retries, {report.elapsed:.1f}s"
+            f"{report.retries} retries, {report.throttled} answered 429, {pace}, "
+            f"{report.elapsed:.1f}s"
         )
     if interrupted:
         return EXIT_INTERRUPTED

@@ -28,9 +28,12 @@ def _strict_str(value: Any, _type: Any) -> str:
 
 
 def _strict_int(value: Any, _type: Any) -> int:
-    if type(value) is not int:
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
+    kind = type(value)
+    if kind is int:
+        return value  # type: ignore[no-any-return]
+    if kind is float and value.is_integer():
+        return int(value)  # 1760109124.0: pydantic-based servers accept and may send it
+    raise TypeError(f"expected an integer, got {kind.__name__}")
 
 
 def _status(value: Any, _type: Any) -> DatasetStatus:

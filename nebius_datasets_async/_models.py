@@ -116,13 +116,20 @@ def _check_text(value: object, what: str, *, optional: bool) -> None:
 def validate_dataset_id(dataset_id: object) -> str:
     """Check a dataset id; raise ``InvalidArgumentError`` (a ``ValueError``) if it is unusable.
 
-    Any non-empty text is allowed except ``.`` and ``..``, which no URL can carry as a path
-    segment unchanged, and ids longer than ``MAX_ID_LENGTH``.
+    Any non-empty text is allowed except what the server cannot route to the dataset: a ``/``
+    anywhere (the API's router decodes ``%2F`` before matching, so the id would become two path
+    segments, and a trailing ``/`` is redirected to another path), ``.`` and ``..`` (which URLs
+    and proxies resolve away), and ids longer than ``MAX_ID_LENGTH``.
     """
     _check_text(dataset_id, "dataset_id", optional=False)
     assert isinstance(dataset_id, str)
     if dataset_id in (".", ".."):
         raise InvalidArgumentError(f"dataset_id {dataset_id!r} cannot be sent as a path segment")
+    if "/" in dataset_id:
+        raise InvalidArgumentError(
+            f"dataset_id {dataset_id[:80]!r} holds a '/': the API's router decodes it before "
+            "matching, so no request can reach that dataset"
+        )
     if len(dataset_id) > MAX_ID_LENGTH:
         raise InvalidArgumentError(
             f"dataset_id is {len(dataset_id)} characters long; the limit is {MAX_ID_LENGTH}"

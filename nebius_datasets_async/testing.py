@@ -10,8 +10,9 @@
 It is a real ``aiohttp.web`` server on 127.0.0.1 (a free port), so everything between your code
 and the socket is exercised. It answers ``GET`` and ``PATCH /v1/datasets/{dataset_id}`` as the
 published contract says: the bearer key is checked (401), unknown ids are 404, bodies are
-validated as FastAPI does (422 with ``{"detail": [{"loc", "msg", "type"}]}``), and ids are
-percent-decoded from exactly one path segment.
+validated as FastAPI does (422 with ``{"detail": [{"loc", "msg", "type"}]}``), and paths are
+routed as Starlette routes them: percent-decoded first, so an id holding ``%2F`` does not
+match (404), and a trailing ``/`` is redirected (307) to the path without it.
 
 Faults are injected from a ``Faults`` value, seeded and repeatable: the fault an attempt gets
 depends only on the seed, the dataset id and how many requests that id has had, not on timing.
@@ -21,6 +22,7 @@ requests ever in flight. ``requests`` logs every request received.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import copy
@@ -30,13 +32,16 @@ import json
 import math
 import random
 import secrets
+import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import attrs
 from aiohttp import web
@@ -429,7 +434,12 @@ class FakeDatasetsServer:
     async def _respond(self, request: web.Request) -> web.StreamResponse | None:
         body = await request.read()
         raw_path = request.raw_path.split("?", 1)[0]
-        dataset_id = _dataset_id(raw_path)
+        path = _decoded(raw_path)
+        dataset_id = _dataset_id(path)
+        # Starlette's redirect_slashes: a trailing "/" goes to the path without it, if it routes
+        stripped = path.rstrip("/") if path is not None and path.endswith("/") else None
+        if dataset_id is None and stripped is not None and _dataset_id(stripped) is not None:
+            return web.Response(status=307, headers={"Location": quote(stripped, safe="/")})
         if self.record_requests:
             self.requests.append(
                 RecordedRequest(
@@ -575,17 +585,24 @@ class FakeDatasetsServer:
         return None
 
 
-def _dataset_id(raw_path: str) -> str | None:
-    """The percent-decoded id of ``/v1/datasets/{id}``, or ``None`` for any other path."""
-    if not raw_path.startswith(_PREFIX):
-        return None
-    segment = raw_path[len(_PREFIX) :]
-    if not segment or "/" in segment:
-        return None
+def _decoded(raw_path: str) -> str | None:
+    """The path as Starlette routes it: percent-decoded first (``%2F`` becomes ``/``)."""
     try:
-        return unquote(segment, errors="strict")
+        return unquote(raw_path, errors="strict")
     except UnicodeDecodeError:
         return None
+
+
+def _dataset_id(path: str | None) -> str | None:
+    """The id of a decoded ``/v1/datasets/{id}`` path (one segment, as Starlette's default
+    path parameter matches), or ``None`` for any other path.
+    """
+    if path is None or not path.startswith(_PREFIX):
+        return None
+    segment = path[len(_PREFIX) :]
+    if not segment or "/" in segment:
+        return None
+    return segment
 
 
 def _limit_headers(limit: int, remaining: int, reset: float) -> dict[str, str]:
@@ -656,3 +673,94 @@ class MockTransport:
     async def aclose(self) -> None:
         """Mark the transport closed."""
         self.closed = True
+
+
+# -- the fake on its own: `nebius-datasets fake-server`, `python -m ...testing` ---------------
+
+
+def _fake_server_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nebius-datasets fake-server",
+        description="Serve the fake Datasets API on 127.0.0.1 until Ctrl-C, for trying the "
+        "command line, scripts in any language and your own services against it.",
+    )
+    add = parser.add_argument
+    add("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    add("--datasets", type=int, default=100, help="how many datasets to create")
+    add("--api-key", help="the key the fake accepts (default: a random one)")
+    add("--ids-file", type=Path, help="write the dataset ids here, one a line, not to stdout")
+    add("--seed", type=int, default=0, help="makes records and faults repeatable")
+    add("--latency", type=float, default=0.0, help="seconds every request waits")
+    for fault in ("429", "500", "502", "503", "reset", "slow", "malformed"):
+        add(f"--rate-{fault}", type=float, default=0.0, metavar="P", help="probability")
+    add("--rate-limit", type=float, help="token bucket: requests per second")
+    add("--burst", type=int, default=10, help="token bucket: size")
+    add("--retry-after", type=float, default=1.0, help="Retry-After of the bucket's 429s")
+    add("--window-limit", type=int, help="window limit: requests per window")
+    add("--window", type=float, default=60.0, help="window limit: seconds")
+    add("--window-kind", choices=("fixed", "sliding"), default="fixed")
+    add("--limit-headers", action="store_true", help="send x-ratelimit-* headers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the standalone fake until interrupted; return the exit code."""
+    args = _fake_server_parser().parse_args(argv)
+    faults = Faults(
+        latency=args.latency,
+        rate_429=args.rate_429,
+        rate_500=args.rate_500,
+        rate_502=args.rate_502,
+        rate_503=args.rate_503,
+        rate_reset=args.rate_reset,
+        rate_slow=args.rate_slow,
+        rate_malformed=args.rate_malformed,
+        rate_limit=args.rate_limit,
+        burst=args.burst,
+        rate_limit_retry_after=args.retry_after,
+        window_limit=args.window_limit,
+        window=args.window,
+        window_kind=args.window_kind,
+        limit_headers=args.limit_headers,
+        seed=args.seed,
+    )
+    fake = FakeDatasetsServer(
+        datasets=args.datasets,
+        api_key=args.api_key,
+        faults=faults,
+        port=args.port,
+        record_requests=False,
+    )
+    if args.ids_file is not None:
+        args.ids_file.write_text("".join(f"{i}\n" for i in fake.dataset_ids), encoding="utf-8")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_stopped(fake, args.ids_file))
+    return 0
+
+
+async def _serve_until_stopped(fake: FakeDatasetsServer, ids_file: Path | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with fake:
+        print(f"export NEBIUS_BASE_URL={fake.base_url}")
+        print(f"export NEBIUS_API_KEY={fake.api_key}")
+        if ids_file is not None:
+            print(f"# {len(fake.store)} dataset ids written to {ids_file}")
+        else:
+            print(f"# {len(fake.store)} dataset ids:")
+            for dataset_id in fake.dataset_ids:
+                print(dataset_id)
+        print("# serving until Ctrl-C", flush=True)
+        await stop.wait()
+        stats = fake.stats
+        print(
+            f"# stopped after {stats.requests} requests, {stats.applied} changes applied",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,11 +58,15 @@ def write(path: Path, text: str, *, encoding: str = "utf-8") -> Path:
 async def test_get_prints_the_dataset(fake: FakeDatasetsServer) -> None:
     """`get ID` prints the dataset; --output json prints it as JSON."""
     dataset_id = fake.dataset_ids[0]
+    created = fake.store[dataset_id]["created_at"]
     result = await run_cli(fake, "get", dataset_id)
     assert result.code == 0, result.err
     assert "dataset-000000" in result.out
+    created_line = next(line for line in result.out.splitlines() if line.startswith("created_at"))
+    assert created_line.split()[1] == "2025-10-10T15:12:04Z"  # 1760109124 as ISO 8601 UTC
     result = await run_cli(fake, "get", dataset_id, "--output", "json")
     assert json.loads(result.out)["id"] == dataset_id
+    assert json.loads(result.out)["created_at"] == created  # JSON keeps the raw value
 
 
 async def test_patch_changes_the_server(fake: FakeDatasetsServer) -> None:
@@ -98,10 +102,21 @@ async def test_no_key_is_a_usage_error(fake: FakeDatasetsServer) -> None:
 async def test_api_key_file(fake: FakeDatasetsServer, tmp_path: Path) -> None:
     """--api-key-file supplies the key; there is no option to pass the key itself."""
     key_file = write(tmp_path / "key", fake.api_key + "\n")
+    key_file.chmod(0o600)
     result = await run_cli(
         fake, "--api-key-file", str(key_file), "get", fake.dataset_ids[0], key=""
     )
     assert result.code == 0, result.err
+    assert result.err == ""
+    key_file.chmod(0o644)  # readable by group and others: one warning line, never the key
+    result = await run_cli(
+        fake, "--api-key-file", str(key_file), "get", fake.dataset_ids[0], key=""
+    )
+    assert result.code == 0, result.err
+    assert result.err.count("\n") == 1
+    assert "readable by others" in result.err
+    assert "644" in result.err
+    assert fake.api_key not in result.err
     result = await run_cli(fake, "--api-key", fake.api_key, "get", fake.dataset_ids[0])
     assert result.code == 2
     assert fake.api_key not in result.err
@@ -137,6 +152,7 @@ async def test_bulk_jsonl_from_stdin_with_json_output(fake: FakeDatasetsServer) 
     )
     assert result.code == 0, result.err
     *outcomes, summary = [json.loads(t) for t in result.out.splitlines()]
+    assert {"requests", "retries", "throttled", "final_rate"} <= set(summary["summary"])
     assert sorted(o["dataset_id"] for o in outcomes) == sorted(ids)
     assert summary["summary"]["applied"] == 4
     assert all(fake.store[i]["folder"] == "/stdin" for i in ids)

@@ -211,3 +211,23 @@ async def test_plugin_marker_configures_the_fake(nebius_fake: FakeDatasetsServer
     async with nebius_fake.client(retry=RetryPolicy.never()) as client:
         with pytest.raises(RateLimitError):
             await client.get_dataset(nebius_fake.dataset_ids[0])
+
+
+async def test_readme_mock_transport_example_runs_as_written() -> None:
+    """The README's MockTransport example: a scripted 429, then a 200, with no socket."""
+    from nebius_datasets_async import DatasetsClient
+    from nebius_datasets_async.testing import MockTransport, json_response, make_dataset
+
+    answers = iter(
+        [
+            json_response(429, {"detail": "slow down"}, headers={"Retry-After": "0"}),
+            json_response(200, make_dataset(0, name="renamed")),
+        ]
+    )
+    transport = MockTransport(lambda request: next(answers))
+    async with DatasetsClient(api_key="test", transport=transport) as client:
+        ds = await client.rename("any-id", "renamed")
+    assert ds.name == "renamed"
+    assert [r.method for r in transport.requests] == ["PATCH", "PATCH"]
+    assert transport.requests[0].body == b'{"name":"renamed"}'
+    assert transport.closed
