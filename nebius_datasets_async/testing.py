@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+import aiohttp
 import attrs
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from ._client import DatasetsClient
 
 __all__ = [
+    "AioresponsesResponse",
     "Faults",
     "FakeDatasetsServer",
     "MockTransport",
@@ -673,6 +675,35 @@ class MockTransport:
     async def aclose(self) -> None:
         """Mark the transport closed."""
         self.closed = True
+
+
+# -- aioresponses on every aiohttp version -------------------------------------------------
+
+
+class _NoUpload:
+    """Stands in for the request writer a mocked response never had."""
+
+    output_size = 0
+
+
+_NEEDS_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters
+
+
+class AioresponsesResponse(aiohttp.ClientResponse):
+    """A response class for aioresponses that works with every aiohttp this package allows.
+
+    aiohttp 3.14 added a required ``stream_writer`` argument that aioresponses (0.7.x) does not
+    pass, so each mocked reply raises ``TypeError``. Pass this class through aioresponses' own
+    ``response_class`` hook::
+
+        with aioresponses() as mocked:
+            mocked.patch(url, payload=make_dataset(0), response_class=AioresponsesResponse)
+    """
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        if _NEEDS_WRITER:
+            kwargs.setdefault("stream_writer", _NoUpload())
+        super().__init__(method, url, **kwargs)
 
 
 # -- the fake on its own: `nebius-datasets fake-server`, `python -m ...testing` ---------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -231,3 +233,88 @@ async def test_readme_mock_transport_example_runs_as_written() -> None:
     assert [r.method for r in transport.requests] == ["PATCH", "PATCH"]
     assert transport.requests[0].body == b'{"name":"renamed"}'
     assert transport.closed
+
+
+async def test_standalone_fake_server_serves_until_interrupted(tmp_path: Path) -> None:
+    """`python -m nebius_datasets_async.testing` prints the lines to export and the ids, serves
+    real requests (here through the command line) and exits 0 on Ctrl-C.
+    """
+    import os
+    import signal
+    import sys
+
+    ids_file = tmp_path / "ids.txt"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nebius_datasets_async.testing", "--datasets", "5",
+        "--rate-limit", "100", "--limit-headers", "--seed", "4", "--ids-file", str(ids_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    exports: dict[str, str] = {}
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            assert line, "the fake server exited early"
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").strip().partition("=")
+                exports[name] = value
+            if line.startswith("# serving"):
+                break
+    assert exports["NEBIUS_BASE_URL"].startswith("http://127.0.0.1:")
+    ids = ids_file.read_text().split()
+    assert len(ids) == 5
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEBIUS_")} | exports
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nebius_datasets_async", "patch", ids[0], "--name", "standalone",
+        "--output", "json", stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(cli.communicate(), 30)
+    assert cli.returncode == 0
+    assert json.loads(out)["name"] == "standalone"
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    assert "1 changes applied" in err.decode()
+
+
+def test_fake_server_subcommand_has_help() -> None:
+    """`nebius-datasets fake-server --help` describes the standalone fake's options."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "nebius_datasets_async", "fake-server", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert "--window-limit" in result.stdout
+    assert "--ids-file" in result.stdout
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_aioresponses_mocks_the_client_with_the_response_class(status: int) -> None:
+    """With aioresponses' response_class hook, mocked replies work on the aiohttp the package
+    installs: a scripted throttle or busy answer, then the dataset.
+    """
+    from aioresponses import aioresponses
+
+    from nebius_datasets_async.testing import AioresponsesResponse
+
+    url = "https://api.example.com/v1/datasets/ds-1"
+    with aioresponses() as mocked:
+        mocked.patch(
+            url,
+            status=status,
+            payload={"detail": "slow down"},
+            headers={"Retry-After": "0"},
+            response_class=AioresponsesResponse,
+        )
+        mocked.patch(
+            url, payload=make_dataset(0, id="ds-1", name="mocked"),
+            response_class=AioresponsesResponse,
+        )  # fmt: skip
+        async with DatasetsClient(api_key="k", base_url="https://api.example.com") as client:
+            ds = await client.rename("ds-1", "mocked")
+    assert ds.name == "mocked"
+    calls = mocked.requests[("PATCH", aiohttp.client.URL(url))]
+    assert [c.kwargs["data"] for c in calls] == [b'{"name":"mocked"}'] * 2
