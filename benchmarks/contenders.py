@@ -295,9 +295,15 @@ def main() -> None:
     cpu = cfg.get("cpu")
     if cpu is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {int(cpu)})
+    loop_factory = None
+    if cfg.get("loop") == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
     started_cpu = time.process_time()
     started = time.perf_counter()
-    result = asyncio.run(CONTENDERS[name](cfg))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        result = runner.run(CONTENDERS[name](cfg))
     result["wall"] = time.perf_counter() - started
     result["cpu"] = time.process_time() - started_cpu
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

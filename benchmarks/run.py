@@ -42,6 +42,8 @@ class Scenario:
     n_for: dict[str, int] = attrs.field(factory=dict)
     #: The limit's average rate (requests/s), for the wall / (N/R) figure.
     rate: float | None = None
+    #: The contenders' event loop: "asyncio" or "uvloop".
+    loop: str = "asyncio"
 
 
 LATENCY = 0.02
@@ -207,6 +209,14 @@ def scenarios(quick: bool, tiny: bool) -> list[Scenario]:
             32,
         ),
         Scenario(
+            "overhead_uvloop",
+            "1b. Client overhead on uvloop: PATCH, no server delay, concurrency 32",
+            ("ours", "aiohttp"),
+            n(5000),
+            32,
+            loop="uvloop",
+        ),
+        Scenario(
             "latency",
             "2. Latency-bound: PATCH, 50 ms server latency, concurrency 64",
             ("ours", "aiohttp"),
@@ -269,6 +279,7 @@ def run_once(scenario: Scenario, contender: str) -> Run:
             "datasets": server_cfg["datasets"],
             "concurrency": scenario.concurrency,
             "cpu": 0,
+            "loop": scenario.loop,
         }
         out = subprocess.run(
             [sys.executable, str(HERE / "contenders.py"), contender, json.dumps(cfg)],
@@ -434,6 +445,7 @@ def _headline(key: str) -> str:
     """The figure a scenario's ratio is taken on."""
     return {
         "overhead": "cpu_us",
+        "overhead_uvloop": "cpu_us",
         "latency": "wall",
         "memory_small": "peak_rss_mb",
         "memory_large": "peak_rss_mb",
@@ -472,6 +484,13 @@ def _derived(chosen: list[Scenario], runs: dict[str, dict[str, list[Run]]]) -> l
             f"- Client overhead: ours {ours:.0f} us/update vs hand-written aiohttp "
             f"{raw:.0f} ({ours / raw:.2f}x; target <= 1.15x); httpx {httpx:.0f} "
             f"({httpx / ours:.1f}x ours)."
+        )
+    if "overhead_uvloop" in keys:
+        by = runs["overhead_uvloop"]
+        ours, raw = median(by["ours"], "cpu_us"), median(by["aiohttp"], "cpu_us")
+        out.append(
+            f"- Client overhead on uvloop (both contenders): ours {ours:.0f} us/update vs "
+            f"aiohttp {raw:.0f} ({ours / raw:.2f}x; target <= 1.15x)."
         )
     if "latency" in keys:
         s = keys["latency"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -79,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     bulk.add_argument("--skip-bad-lines", action="store_true", help="apply the valid lines")
     bulk.add_argument("--output", choices=("table", "json"), default="table")
     bulk.add_argument("--no-progress", action="store_true", help="no progress display")
+    bulk.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the rate, pauses and retry budget with every process of the same key "
+        "through this Redis (needs the redis extra)",
+    )
+    bulk.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="apply only the lines whose dataset id hashes to shard K of N (a stable hash: "
+        "hand the same plan to N machines)",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -100,6 +114,37 @@ def _parser() -> argparse.ArgumentParser:
         description="See `nebius-datasets fake-server --help`.",
     )
     return parser
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``main`` on uvloop when it is installed (the ``speed`` extra), else asyncio's loop.
+    Only the command line chooses a loop; the library runs on whatever loop its user runs.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (0, 0)
+    if not sep or not 1 <= shard[0] <= shard[1]:
+        raise argparse.ArgumentTypeError("expected K/N with 1 <= K <= N, e.g. 2/4")
+    return shard
+
+
+def shard_of(dataset_id: str, shards: int) -> int:
+    """The shard (1 to ``shards``) a dataset id belongs to: a stable hash, the same on every
+    machine and Python version.
+    """
+    digest = hashlib.blake2b(dataset_id.encode("utf-8", "surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") % shards + 1
 
 
 def _positive_int(text: str) -> int:
@@ -124,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
     }
     try:
-        return int(asyncio.run(commands[args.command](args)))
+        return int(run(commands[args.command](args)))
     except UsageError as exc:
         print(f"nebius-datasets: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -291,13 +336,15 @@ def _spool_stdin() -> Path:
     return Path(name)
 
 
-def _check_plan(path: Path, fmt: PlanFormat, skip_bad: bool) -> int:
-    """Read the whole plan once; return how many valid entries it holds, or raise UsageError
-    listing the bad lines (unless ``skip_bad``).
+def _check_plan(
+    path: Path, fmt: PlanFormat, skip_bad: bool, shard: tuple[int, int] | None = None
+) -> int:
+    """Read the whole plan once; return how many valid entries it holds (in ``shard``, if
+    given), or raise UsageError listing the bad lines (unless ``skip_bad``).
     """
     errors: list[PlanError] = []
     try:
-        count = sum(1 for _ in read_plan(path, fmt, errors=errors))
+        count = sum(1 for e in read_plan(path, fmt, errors=errors) if _in_shard(e, shard))
     except OSError as exc:
         raise UsageError(f"cannot read the plan: {exc.strerror or exc}") from None
     if errors:
@@ -309,9 +356,13 @@ def _check_plan(path: Path, fmt: PlanFormat, skip_bad: bool) -> int:
                 "(--skip-bad-lines applies the valid lines anyway)"
             )
         print(f"skipping {len(errors)} bad line(s):\n{listed}{more}", file=sys.stderr)
-    if count == 0:
+    if count == 0 and shard is None:
         raise UsageError("the plan holds no updates")
     return count
+
+
+def _in_shard(entry: PlanEntry, shard: tuple[int, int] | None) -> bool:
+    return shard is None or shard_of(entry.update.dataset_id, shard[1]) == shard[0]
 
 
 class _Display(Protocol):
@@ -428,11 +479,17 @@ async def _bulk(args: argparse.Namespace) -> int:
         if not spooled and not path.is_file():
             raise UsageError(f"no plan file at {path}")
         fmt: PlanFormat = args.format or sniff_format(path)
-        total = _check_plan(path, fmt, args.skip_bad_lines)
+        total = _check_plan(path, fmt, args.skip_bad_lines, args.shard)
+        if args.shard is not None:
+            k, n = args.shard
+            print(f"shard {k}/{n}: {total} update(s) of this plan", file=sys.stderr)
         journal_path = args.journal or args.resume
         done = _applied_in_journal(args.resume) if args.resume else set()
-        client = _client(args, max_concurrency=args.concurrency)
-        async with client:
+        client = _client(args, **_flow_options(args))
+        async with client, contextlib.AsyncExitStack() as stack:
+            flow = client.flow
+            if hasattr(flow, "aclose"):
+                stack.push_async_callback(flow.aclose)
             if args.dry_run:
                 return await _dry_run(client, path, fmt, args, done)
             journal = Journal(journal_path) if journal_path else None
@@ -446,9 +503,24 @@ async def _bulk(args: argparse.Namespace) -> int:
             path.unlink(missing_ok=True)
 
 
+def _flow_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The client's concurrency, and a flow shared through Redis with --redis."""
+    if args.redis is None:
+        return {"max_concurrency": args.concurrency}
+    try:
+        from .redis import RedisFlowControl
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return {"flow": RedisFlowControl(args.redis, max_concurrency=args.concurrency)}
+    except (ValueError, InvalidArgumentError) as exc:
+        raise UsageError(f"--redis: {exc}") from None
+
+
 def _entries(path: Path, fmt: PlanFormat, args: argparse.Namespace) -> Iterator[PlanEntry]:
     errors: list[PlanError] | None = [] if args.skip_bad_lines else None
-    return read_plan(path, fmt, errors=errors)
+    shard = args.shard
+    return (e for e in read_plan(path, fmt, errors=errors) if _in_shard(e, shard))
 
 
 async def _apply_plan(

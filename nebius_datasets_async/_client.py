@@ -5,6 +5,7 @@ caller that runs the one retry loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import os
@@ -95,6 +96,17 @@ def resolve_api_key(api_key: str | None) -> str:
     return key
 
 
+def fingerprint(base_url: str, api_key: str) -> str:
+    """A short, one-way fingerprint of (base URL, key): what flows shared across processes
+    key their state by. The key cannot be recovered from it.
+    """
+    digest = hashlib.blake2b(digest_size=12, person=b"nebius-flow")
+    digest.update(base_url.encode())
+    digest.update(b"\0")
+    digest.update(api_key.encode())
+    return digest.hexdigest()
+
+
 class DatasetsClient:
     """Async client for the Nebius Token Factory Datasets API: the one session manager that
     every call goes through.
@@ -178,6 +190,7 @@ class DatasetsClient:
                 "max_concurrency belongs to the flow control when one is given",
             )
         self._flow: Flow = flow
+        flow.bind(fingerprint(self._base_url, key))
         if transport is None:
             transport = AiohttpTransport(
                 base_url=self._base_url,

@@ -57,10 +57,14 @@ __all__ = ["Failure", "Flow", "FlowControl", "FlowState", "Ticket"]
 
 # How the measured rate is turned into a pace.
 _HEADROOM = 0.97  # pace this far below the measured limit
-_MIN_SPAN = 0.1  # seconds between two throttles before their span measures the limit
+_MIN_SPAN = 0.05  # seconds: the shortest window that measures what the server admits
 _MIN_SPAN_REQUESTS = 8  # ... and at least this many successes' worth of time
 _MIN_SPAN_RTTS = 3.0  # ... and this many round trips, so that latency jitter does not count
+_WINDOW_SAMPLES = 16  # ... and this many successes' worth of time at the current pace
 _OK_HISTORY = 2.0  # seconds of answer times kept for measuring
+_SLOW_START_STEP = 0.5  # added to the cap per answer until the first throttle: x1.5 a round trip
+_FIRST_SHARE = 0.25  # the first pace, as a share of the first (burst-inflated) estimate
+_SEARCH_DOUBLING = 0.1  # seconds (or two round trips) to double the pace while searching
 _MAX_CUT = 0.1  # one cut never takes the rate below this share of the rate in force
 _BLOCKED_STREAK = 5  # throttles in a row with no success ...
 _BLOCKED_QUIET = 0.1  # ... and no success for this long: the server refuses everything
@@ -136,6 +140,11 @@ class Flow(Protocol):
         """
         ...
 
+    def bind(self, identity: str) -> None:
+        """Called once by each client that uses this flow, with a fingerprint of its base URL
+        and API key (never the key): a flow shared beyond the process keys its state by it.
+        """
+
     def on_answer(self, ticket: Ticket, limits: RateLimits) -> None:
         """The request got an answer that is not a throttle or a server failure."""
 
@@ -197,7 +206,7 @@ class FlowControl:
         self,
         *,
         max_concurrency: int = 64,
-        initial_concurrency: int = 16,
+        initial_concurrency: int = 8,
         retry_budget: float | None = 500.0,
         decrease: float = 0.7,
         probe: float = 0.02,
@@ -253,6 +262,7 @@ class FlowControl:
         # what the server admitted, for measuring its limit
         self._ok_times: deque[float] = deque()
         self._last_cut = -math.inf
+        self._searching = False
         self._first_ok: float | None = None
         self._last_ok = -math.inf
         self._last_throttle = -math.inf
@@ -286,12 +296,20 @@ class FlowControl:
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def admit(self, deadline: float | None = None) -> Ticket:
+    def bind(self, identity: str) -> None:
+        """Nothing to do: this flow's state lives in this process."""
+
+    async def admit(self, deadline: float | None = None, *, paced: bool = True) -> Ticket:
         """Wait for a place, then for the end of any pause and for a pacing slot; return the
         ticket of the admitted request. Raises ``APITimeoutError`` if ``deadline`` (a
-        ``clock()`` value) would pass first; nothing is held then.
+        ``clock()`` value) would pass first; nothing is held then. ``paced=False`` waits for
+        the place only (a flow shared across processes paces through its own schedule).
         """
         await self._take_place(deadline)
+        if not paced:
+            with self._lock:
+                self._requests += 1
+                return Ticket(self._epoch, self._clock())
         try:
             while True:
                 with self._lock:
@@ -436,8 +454,8 @@ class FlowControl:
         rate = self._rate
         window = max(_MIN_SPAN, _MIN_SPAN_RTTS * self._latency)
         if rate is not None:
-            window = max(window, _MIN_SPAN_REQUESTS / rate)
-            if now - self._last_cut < window:
+            window = max(window, _WINDOW_SAMPLES / rate)
+            if now - self._last_cut < max(window, _MIN_SPAN_REQUESTS / rate):
                 return  # too soon after the last cut to measure again: the same signal
         oks = self._ok_times
         while oks and oks[0] <= now - _OK_HISTORY:
@@ -452,9 +470,20 @@ class FlowControl:
                 return
             new_rate = 0.5 * rate
         elif rate is None:
-            new_rate = admitted / span
+            # First contact: what got through counts the server's burst too, so the estimate
+            # may be several times the limit. Start well below it and search upward fast
+            # (doubling while the pace binds) until the next throttle measures it exactly.
+            new_rate = _FIRST_SHARE * admitted / span
+            self._searching = True
         else:
-            new_rate = max(min(_HEADROOM * admitted / span, rate), _MAX_CUT * rate)
+            measured = admitted / span
+            # While searching, the pace doubled every few round trips: the limit likely lies
+            # above half the pace that met it, even when the window caught the end of the
+            # ramp, but a refilled burst can delay the throttle, so trust the measurement
+            # within a factor of two; the next throttle, if any, measures again.
+            least = min(0.5 * rate, 2.0 * measured) if self._searching else _MAX_CUT * rate
+            self._searching = False
+            new_rate = max(min(_HEADROOM * measured, rate), least)
         # Throttles that come whatever the pace (a server that refuses a share of requests at
         # random) must not drive it to nothing: keep at least half the best admitted rate.
         new_rate = max(new_rate, _FLOOR * self._note_peak(now, 0.0))
@@ -509,7 +538,7 @@ class FlowControl:
 
     def _grow(self, now: float) -> None:
         if self._cap < self._max:
-            step = 1.0 if self._slow_start else 1.0 / self._cap
+            step = _SLOW_START_STEP if self._slow_start else 1.0 / self._cap
             self._cap = min(float(self._max), self._cap + step)
         rate = self._rate
         if rate is None or self._header_rate is not None:
@@ -520,6 +549,10 @@ class FlowControl:
         self._last_growth = now
         if now - self._last_paced > _PACED_RECENTLY:
             return  # pacing is not what holds requests back: hold the rate
+        if self._searching:
+            step = max(_SEARCH_DOUBLING, 2.0 * self._latency, _WINDOW_SAMPLES / rate)
+            self._rate = rate * 2.0 ** (min(dt, 1.0) / step)
+            return
         quiet = now - max(self._last_throttle, self._hold_until)
         speed = min(_MAX_PROBE, self._probe * 2.0 ** (max(quiet, 0.0) / _PROBE_DOUBLING))
         self._rate = rate * (1.0 + speed * min(dt, 1.0))
