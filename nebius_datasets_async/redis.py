@@ -216,6 +216,7 @@ class RedisFlowControl:
         self._local = FlowControl(max_concurrency=max_concurrency, retry_budget=retry_budget)
         self._own_client = client is None
         if client is None:
+            assert url is not None
             client = _redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )

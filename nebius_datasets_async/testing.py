@@ -206,7 +206,10 @@ def _validate_patch(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, 
     try:
         obj = json.loads(body) if body else None
     except ValueError as exc:
-        return None, [_validation_error(["body", 0], f"JSON decode error: {exc}", "json_invalid")]
+        position = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
+        return None, [
+            _validation_error(["body", position], "JSON decode error", "json_invalid", {})
+        ]
     if obj is None:
         return None, [_validation_error(["body"], "Field required", "missing")]
     if not isinstance(obj, dict):

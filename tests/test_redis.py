@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nebius_datasets_async import DatasetsClient, DatasetUpdate
+from nebius_datasets_async import DatasetUpdate
 from nebius_datasets_async._cli import shard_of
 from nebius_datasets_async.testing import FakeDatasetsServer, Faults
 
@@ -157,7 +156,7 @@ async def test_sharded_cli_runs_survive_a_redis_restart(tmp_path: Path) -> None:
                         stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE,
                         env=env_for(fake),
-                    )  # fmt: skip
+                    )
                 )
             await asyncio.sleep(1.5)
             server.stop()
@@ -178,14 +177,15 @@ async def test_sharded_cli_runs_survive_a_redis_restart(tmp_path: Path) -> None:
             )
             for _out, err in outputs:
                 assert err.decode().count("Redis is unavailable") == 1, err.decode()
-            dry = subprocess.run(
-                [sys.executable, "-m", "nebius_datasets_async", "bulk", str(plan), "--dry-run",
-                 "--shard", "2/2"],
-                capture_output=True, text=True, timeout=60, env=env_for(fake), check=False,
+            dry = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "nebius_datasets_async", "bulk", str(plan), "--dry-run",
+                "--shard", "2/2", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env_for(fake),
             )  # fmt: skip
+            dry_out, dry_err = await asyncio.wait_for(dry.communicate(), 60)
             expected = sum(1 for i in fake.dataset_ids if shard_of(i, 2) == 2)
-            assert f"shard 2/2: {expected} update(s)" in dry.stderr
-            assert len(dry.stdout.splitlines()) == expected
+            assert f"shard 2/2: {expected} update(s)" in dry_err.decode()
+            assert len(dry_out.decode().splitlines()) == expected
     finally:
         server.close()
 
@@ -223,7 +223,7 @@ async def test_arq_workers_apply_every_job_at_the_shared_pace(
                     env=env,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
-                )  # fmt: skip
+                )
                 for _ in range(2)
             ]
             errs = [await asyncio.wait_for(w.communicate(), 120) for w in workers]
