@@ -44,12 +44,30 @@ def client_for(cfg: dict[str, Any]) -> DatasetsClient:
 
 
 async def ours(cfg: dict[str, Any]) -> Result:
+    if cfg.get("redis_url"):
+        return await ours_redis(cfg)
     async with client_for(cfg) as client:
         report = await client.patch_all(DatasetUpdate(i, folder=f) for i, f in updates(cfg))
     return {
         "ok": report.succeeded,
         "failed": report.failed + report.skipped,
         "requests": report.requests,
+    }
+
+
+async def ours_redis(cfg: dict[str, Any]) -> Result:
+    """Ours with the flow shared through Redis (a member of a fleet)."""
+    from nebius_datasets_async.redis import RedisFlowControl
+
+    flow = RedisFlowControl(cfg["redis_url"], max_concurrency=cfg["concurrency"])
+    async with DatasetsClient(api_key=cfg["api_key"], base_url=cfg["base_url"], flow=flow) as c:
+        report = await c.patch_all(DatasetUpdate(i, folder=f) for i, f in updates(cfg))
+    await flow.aclose()
+    return {
+        "ok": report.succeeded,
+        "failed": report.failed + report.skipped,
+        "requests": report.requests,
+        "redis_calls": flow.redis_calls,
     }
 
 
@@ -139,7 +157,14 @@ async def two_bulk(cfg: dict[str, Any]) -> Result:
 
 async def fleet4(cfg: dict[str, Any]) -> Result:
     """Four processes with the same key, each its own client and bulk run of a quarter."""
-    procs = 4
+    return await fleet({**cfg, "workers": 4})
+
+
+async def fleet(cfg: dict[str, Any]) -> Result:
+    """``workers`` processes with the same key, each its own client and bulk run of an equal
+    share; with ``redis_url`` their flow is shared through Redis.
+    """
+    procs = cfg["workers"]
     share = cfg["n"] // procs
     children = []
     for k in range(procs):
@@ -161,6 +186,7 @@ async def fleet4(cfg: dict[str, Any]) -> Result:
         "ok": sum(r["ok"] for r in results),
         "failed": sum(r["failed"] for r in results),
         "requests": sum(r["requests"] for r in results),
+        "redis_calls": sum(r.get("redis_calls", 0) for r in results),
         "child_cpu": sum(r["cpu"] for r in results),
     }
 
@@ -285,6 +311,7 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Awaitable[Result]]] = {
     "mixed": mixed,
     "two_bulk": two_bulk,
     "fleet4": fleet4,
+    "fleet": fleet,
 }
 
 

@@ -44,6 +44,8 @@ class Scenario:
     rate: float | None = None
     #: The contenders' event loop: "asyncio" or "uvloop".
     loop: str = "asyncio"
+    #: Extra settings for the contenders (worker processes, a shared Redis).
+    extra: dict[str, Any] = attrs.field(factory=dict)
 
 
 LATENCY = 0.02
@@ -58,7 +60,7 @@ def bucket(rate: float, burst: int, retry_after: float = 1.0) -> dict[str, Any]:
     }
 
 
-TINY_FLOW = {"grid_500_50", "service", "mixed", "two_bulk", "fleet4", "window_fixed_headers"}
+TINY_FLOW = {"grid_500_50", "service", "mixed", "two_bulk", "window_fixed_headers"}
 
 
 def flow_scenarios(scale: float, tiny: bool) -> list[Scenario]:
@@ -256,7 +258,54 @@ def scenarios(quick: bool, tiny: bool) -> list[Scenario]:
             n_for={"openai_style": n(1000)},
         ),
         *flow_scenarios(scale, tiny),
+        *fleet_scenarios(scale, tiny),
     ]
+
+
+def fleet_scenarios(scale: float, tiny: bool) -> list[Scenario]:
+    """A fleet of worker processes sharing one key: independent clients beside clients whose
+    flow is shared through one Redis.
+    """
+    out = []
+    for rate, full in ((200, 3000), (1000, 6000)):
+        n = max(50, int(full * scale))
+        for workers in (1, 2, 4, 8):
+            for shared in (False, True):
+                mode = "redis" if shared else "independent"
+                out.append(
+                    Scenario(
+                        f"fleet_{rate}_{workers}_{mode}",
+                        f"9. Fleet of {workers} process(es), bucket {rate}/s, {mode}",
+                        ("fleet",),
+                        n,
+                        32,
+                        bucket(rate, 10),
+                        datasets=n,
+                        rate=rate,
+                        extra={"workers": workers, "redis_url": "start" if shared else None},
+                    )
+                )
+    return [s for s in out if s.key in ("fleet_200_2_redis",)] if tiny else out
+
+
+_REDIS: list[Any] = []
+
+
+def redis_url() -> str:
+    """One redis-server for the whole run, flushed before each use."""
+    if not _REDIS:
+        sys.path.insert(0, str(HERE.parent))
+        from tests.redis_server import RedisServer
+
+        server = RedisServer()
+        server.start()
+        _REDIS.append(server)
+    server = _REDIS[0]
+    subprocess.run(
+        [sys.executable, "-c", f"import redis; redis.Redis.from_url({server.url!r}).flushdb()"],
+        check=True,
+    )
+    return str(server.url)
 
 
 def run_once(scenario: Scenario, contender: str) -> Run:
@@ -280,7 +329,10 @@ def run_once(scenario: Scenario, contender: str) -> Run:
             "concurrency": scenario.concurrency,
             "cpu": 0,
             "loop": scenario.loop,
+            **scenario.extra,
         }
+        if cfg.get("redis_url") == "start":
+            cfg["redis_url"] = redis_url()
         out = subprocess.run(
             [sys.executable, str(HERE / "contenders.py"), contender, json.dumps(cfg)],
             capture_output=True,
@@ -299,6 +351,8 @@ def run_once(scenario: Scenario, contender: str) -> Run:
     result["server_max_in_flight"] = stats.get("max_in_flight")
     if scenario.rate:
         result["vs_ideal"] = result["wall"] / (cfg["n"] / scenario.rate)
+    if result.get("redis_calls"):
+        result["redis_per_request"] = result["redis_calls"] / max(result["requests"], 1)
     if "child_cpu" in result:
         result["cpu"] += result["child_cpu"]
     return result
@@ -369,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+    for server in _REDIS:
+        server.close()
     micro = structuring(200 if args.tiny else 20_000)
     text = render(chosen, runs, micro, reps, args, time.monotonic() - started)
     args.out.write_text(text)
@@ -406,7 +462,7 @@ def render(
                 r["share_429"] = r["server_429"] / max(r["server_requests"], 1)
     for scenario in chosen:
         by = runs[scenario.key]
-        base = by["ours"]
+        base = by.get("ours") or next(iter(by.values()))
         metric = _headline(scenario.key)
         for contender, rs in by.items():
             n = rs[0]["n"]
@@ -534,6 +590,21 @@ def _derived(chosen: list[Scenario], runs: dict[str, dict[str, list[Run]]]) -> l
                 f"- {s.title}: {median(rs, 'vs_ideal'):.3f}x N/R "
                 f"({spread(rs, 'vs_ideal', '.3f')}), {median(rs, 'share_429'):.1%} 429s, "
                 f"{int(median(rs, 'failed'))} failed; target {_target(s.key)}."
+            )
+    fleet = [s for s in chosen if s.key.startswith("fleet_")]
+    if fleet:
+        out += ["", "### A fleet sharing one key (issue 10)", ""]
+        out.append("| scenario | wall / (N/R) | 429 share | Redis calls per request | failed |")
+        out.append("|---|---|---|---|---|")
+        for s in fleet:
+            rs = runs[s.key]["fleet"]
+            per = [r.get("redis_per_request") for r in rs if r.get("redis_per_request")]
+            out.append(
+                f"| {s.title} | {median(rs, 'vs_ideal'):.3f}x | {median(rs, 'share_429'):.1%} | "
+                f"{statistics.median(per):.2f} | {int(median(rs, 'failed'))} |"
+                if per
+                else f"| {s.title} | {median(rs, 'vs_ideal'):.3f}x | "
+                f"{median(rs, 'share_429'):.1%} | - | {int(median(rs, 'failed'))} |"
             )
     if "outage" in keys:
         by = runs["outage"]

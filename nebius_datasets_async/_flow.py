@@ -63,6 +63,7 @@ _MIN_SPAN_RTTS = 3.0  # ... and this many round trips, so that latency jitter do
 _WINDOW_SAMPLES = 16  # ... and this many successes' worth of time at the current pace
 _OK_HISTORY = 2.0  # seconds of answer times kept for measuring
 _SLOW_START_STEP = 0.5  # added to the cap per answer until the first throttle: x1.5 a round trip
+_FIRST_WINDOW = 1.0  # seconds of answers the first estimate counts, at most
 _FIRST_SHARE = 0.25  # the first pace, as a share of the first (burst-inflated) estimate
 _SEARCH_DOUBLING = 0.1  # seconds (or two round trips) to double the pace while searching
 _MAX_CUT = 0.1  # one cut never takes the rate below this share of the rate in force
@@ -453,15 +454,20 @@ class FlowControl:
         """
         rate = self._rate
         window = max(_MIN_SPAN, _MIN_SPAN_RTTS * self._latency)
-        if rate is not None:
-            window = max(window, _WINDOW_SAMPLES / rate)
-            if now - self._last_cut < max(window, _MIN_SPAN_REQUESTS / rate):
-                return  # too soon after the last cut to measure again: the same signal
+        if rate is not None and now - self._last_cut < max(window, _MIN_SPAN_REQUESTS / rate):
+            return  # too soon after the last cut to measure again: the same signal
         oks = self._ok_times
         while oks and oks[0] <= now - _OK_HISTORY:
             oks.popleft()
         first = self._first_ok if self._first_ok is not None else now
-        start = max(now - window, first - self._latency)
+        # The window spans a few round trips, and at least the last few answers (within a
+        # second): what the server admitted, however fast we were sending.
+        start = now - window
+        if rate is None:
+            start = now - _FIRST_WINDOW  # first contact: whatever got through lately
+        elif len(oks) >= _WINDOW_SAMPLES:
+            start = min(start, oks[-_WINDOW_SAMPLES])
+        start = max(start, now - _FIRST_WINDOW, first - self._latency)
         span = max(now - start, 0.02)
         admitted = len(oks) - bisect.bisect_right(oks, start)
         if admitted < _MIN_SPAN_REQUESTS:

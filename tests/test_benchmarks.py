@@ -29,13 +29,13 @@ def test_harness_produces_every_row(tmp_path: Path) -> None:
         ("4. Rate-limited", "openai_style"), ("5. Outage", "ours"),
         ("5. Outage", "openai_style"), ("6. Token bucket 500/s", "ours"),
         ("7. Service", "service"), ("7. One bulk run", "mixed"),
-        ("7. Two bulk runs", "two_bulk"), ("7. Four processes", "fleet4"),
-        ("8. Fixed window", "ours"),
+        ("7. Two bulk runs", "two_bulk"),
+        ("8. Fixed window", "ours"), ("9. Fleet of 2", "fleet"),
     }  # fmt: skip
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     for title, contender in rows:
         assert any(line.startswith(f"| {title}") and f"| {contender} |" in line for line in lines)
     for figure in ("Client overhead:", "Latency-bound:", "Memory growth", "Rate-limited:",
                    "Outage:", "msgspec", "pydantic v2", "ours (json + cattrs)",
-                   "The gate's targets", "x N/R"):  # fmt: skip
+                   "The gate's targets", "x N/R", "A fleet sharing one key"):  # fmt: skip
         assert figure in text

@@ -47,7 +47,9 @@ async def answer(flow: FlowControl, clock: FakeClock, n: int, *, spacing: float 
 
 
 async def test_concurrency_starts_gentle_and_grows_with_answers() -> None:
-    """The cap starts at initial_concurrency and grows by one per answer (slow start)."""
+    """The cap starts at initial_concurrency and grows by half a place per answer (slow
+    start: x1.5 a round trip).
+    """
     clock = FakeClock()
     flow = make(clock, initial_concurrency=2, max_concurrency=8)
     a, b = await flow.admit(), await flow.admit()
@@ -55,13 +57,26 @@ async def test_concurrency_starts_gentle_and_grows_with_answers() -> None:
     await asyncio.sleep(0)
     assert not third.done()
     assert flow.state().waiting == 1
-    flow.on_answer(a, NONE)  # frees a place and grows the cap to 3: both fit
+    flow.on_answer(a, NONE)  # frees a place (the cap grows to 2.5): the waiter gets it
     ticket = await asyncio.wait_for(third, 1)
-    assert flow.state().concurrency == 3
+    assert flow.state().concurrency == 2
     flow.on_answer(b, NONE)
     flow.on_answer(ticket, NONE)
-    assert flow.state().concurrency == 5
+    assert flow.state().concurrency == 3
     assert flow.state().in_flight == 0
+
+
+async def paced(flow: FlowControl, clock: FakeClock, limit: float) -> float:
+    """Drive ``flow`` against a server admitting ``limit`` requests/s until its pace is
+    measured (first contact, then the throttle that ends the search); return the pace.
+    """
+    await answer(flow, clock, int(limit / 2), spacing=1 / limit)
+    flow.on_throttle(await flow.admit(), None, NONE)  # first contact
+    await answer(flow, clock, int(limit), spacing=1 / limit)
+    flow.on_throttle(await flow.admit(), None, NONE)  # ends the search: measured
+    rate = flow.state().rate
+    assert rate is not None
+    return rate
 
 
 async def test_waiters_are_served_first_come_first_served() -> None:
@@ -99,7 +114,9 @@ async def test_cancelled_waiter_passes_its_place_on() -> None:
 
 
 async def test_unpaced_until_the_first_throttle() -> None:
-    """Without a throttle nothing is paced; the first one sets a rate from what got through."""
+    """Without a throttle nothing is paced; the first one starts the pace at a quarter of
+    what got through (which counts the server's burst too), then searches upward.
+    """
     clock = FakeClock()
     flow = make(clock)
     await answer(flow, clock, 100, spacing=0.005)  # 200 req/s got through for 0.5 s
@@ -107,24 +124,28 @@ async def test_unpaced_until_the_first_throttle() -> None:
     assert clock.slept == []
     ticket = await flow.admit()
     flow.on_throttle(ticket, 1.0, NONE)
-    rate = flow.state().rate
-    assert rate == pytest.approx(200, rel=0.02)
+    first = flow.state().rate
+    assert first == pytest.approx(0.25 * 200, rel=0.05)
     assert flow.state().pacing == "measured"
+    await answer(flow, clock, 60)  # back to back: the pace binds, and doubles as it searches
+    searched = flow.state().rate
+    assert searched is not None
+    assert searched > 2 * first
 
 
-async def test_throttle_between_saturated_points_measures_the_limit() -> None:
-    """The successes between two throttles, over the time between them, set the pace."""
+async def test_throttle_while_saturated_measures_the_limit() -> None:
+    """A throttle after the search sets the pace just under what the server admitted over
+    the last round trips.
+    """
     clock = FakeClock()
     flow = make(clock)
-    await answer(flow, clock, 50, spacing=0.001)
-    flow.on_throttle(await flow.admit(), 1.0, NONE)  # first contact: a rough estimate
-    # The server now admits 100 req/s: 100 answers over one second, then a throttle.
-    for _ in range(100):
+    await paced(flow, clock, 100)
+    for _ in range(100):  # the server admits 100 req/s for a second, then throttles
         t = await flow.admit()
         flow.on_answer(t, NONE)
         clock.now += 0.01
-    flow.on_throttle(await flow.admit(), 1.0, NONE)
-    assert flow.state().rate == pytest.approx(0.97 * 100, rel=0.05)
+    flow.on_throttle(await flow.admit(), None, NONE)
+    assert flow.state().rate == pytest.approx(0.97 * 100, rel=0.1)
 
 
 async def test_throttles_from_before_a_cut_are_one_signal() -> None:
@@ -135,6 +156,7 @@ async def test_throttles_from_before_a_cut_are_one_signal() -> None:
     volley = [await flow.admit() for _ in range(10)]
     flow.on_throttle(volley[0], 1.0, NONE)
     rate = flow.state().rate
+    assert rate is not None
     for ticket in volley[1:]:
         flow.on_throttle(ticket, 1.0, NONE)
     assert flow.state().rate == rate
@@ -182,15 +204,13 @@ async def test_503_with_retry_after_pauses_every_request() -> None:
 
 
 async def test_pacing_spaces_requests_one_slot_apart() -> None:
-    """Once paced at R, requests leave 1/R apart."""
+    """Once paced at R, requests leave about 1/R apart (the pace creeps up slowly)."""
     clock = FakeClock()
     flow = make(clock)
-    await answer(flow, clock, 10, spacing=0.1)  # ~10 req/s
-    flow.on_throttle(await flow.admit(), None, NONE)
-    rate = flow.state().rate
-    assert rate is not None
+    rate = await paced(flow, clock, 50)
+    clock.now += 0.5
     times = []
-    for _ in range(5):
+    for _ in range(6):
         t = await flow.admit()
         times.append(clock.now)
         flow.on_answer(t, NONE)
@@ -202,16 +222,13 @@ async def test_rate_probes_up_only_while_pacing_binds() -> None:
     """A paced rate creeps up while requests wait for slots, and holds when they do not."""
     clock = FakeClock()
     flow = make(clock)
-    await answer(flow, clock, 10, spacing=0.1)
-    flow.on_throttle(await flow.admit(), None, NONE)
-    start = flow.state().rate
-    assert start is not None
-    await answer(flow, clock, 50)  # back to back: every one waits for its slot
+    start = await paced(flow, clock, 50)
+    await answer(flow, clock, 100)  # back to back: every one waits for its slot
     grown = flow.state().rate
     assert grown is not None
     assert grown > start
     clock.now += 5
-    await answer(flow, clock, 5, spacing=2.0)  # idle service: pacing does not bind
+    await answer(flow, clock, 5, spacing=2.0)  # an idle service: pacing does not bind
     assert flow.state().rate == pytest.approx(grown, rel=0.01)
 
 
