@@ -184,6 +184,8 @@ class Caller:
             if not policy.is_retryable(error):
                 raise error
             retry_after = error.retry_after if isinstance(error, APIStatusError) else None
+            if failure is Failure.OVERLOAD and flow.busy():
+                failure = None  # a busy server, not a dead one: paced like a throttle
             if failure is None:  # a throttle: paced by the gate, waited out by this request
                 ctx.throttled += 1
                 if stats is not None:

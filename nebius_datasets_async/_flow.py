@@ -164,6 +164,10 @@ class Flow(Protocol):
         """Whether a request that failed this way may be tried again (pays the budget)."""
         ...
 
+    def busy(self) -> bool:
+        """Whether the server looks busy rather than down: a request succeeded lately."""
+        ...
+
     def state(self) -> FlowState:
         """The counters and limits right now."""
         ...
@@ -522,14 +526,18 @@ class FlowControl:
             self._requests -= 1
             self._free_place()
 
-    def retry_allowed(self, failure: Failure) -> bool:
-        """Whether a request that failed this way may be tried again: an overload while other
-        requests succeed is free; anything else pays the budget (10 tokens after a timeout,
-        5 otherwise) and is refused when it is spent.
+    def busy(self) -> bool:
+        """Whether the server looks busy rather than down: a request succeeded in the last
+        two seconds. A retry after an overload is then paced, not paid for.
         """
         with self._lock:
-            if failure is Failure.OVERLOAD and self._clock() - self._last_ok < _RECENT_SUCCESS:
-                return True
+            return self._clock() - self._last_ok < _RECENT_SUCCESS
+
+    def retry_allowed(self, failure: Failure) -> bool:
+        """Whether a request that failed this way may be tried again: it pays the budget (10
+        tokens after a timeout, 5 otherwise) and is refused when the budget is spent.
+        """
+        with self._lock:
             cost = 10.0 if failure is Failure.TIMEOUT else 5.0
             if self._budget < cost:
                 return False

@@ -32,10 +32,10 @@ class RetryPolicy:
       would end after it is not started.
     - ``retry_statuses``: HTTP statuses worth another try. Connection errors and timeouts are
       always retried. 400/401/403/404/409/422 never are, whatever this says.
-    - ``max_throttled``: how many times one call may be answered 429 before it fails with
-      ``RateLimitError``. Throttles do not count against ``max_attempts``: the client's flow
-      control paces every request after one, so a throttle slows a call down and fails it
-      only when it persists far beyond what pacing can fix.
+    - ``max_throttled``: how many times one call may be answered 429 (or 503 by a server that
+      is busy, answering other requests meanwhile) before it fails with that error. These do
+      not count against ``max_attempts``: the client's flow control slows every request down
+      after one, so they fail a call only when they persist far beyond what pacing can fix.
     """
 
     max_attempts: int = attrs.field(default=4, validator=integer(1))

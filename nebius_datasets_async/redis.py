@@ -369,12 +369,14 @@ class RedisFlowControl:
         """An admitted request was never sent."""
         self._local.cancel(ticket)
 
+    def busy(self) -> bool:
+        """Whether the server looks busy rather than down, as this process saw it."""
+        return self._local.busy()
+
     def retry_allowed(self, failure: Failure) -> bool:
         """Pay for a retry from the fleet's budget (as last reported by Redis)."""
         if self._warned or self._keys is None:
             return self._local.retry_allowed(failure)
-        if failure is Failure.OVERLOAD and self._local.retry_allowed(failure):
-            return True
         cost = 10.0 if failure is Failure.TIMEOUT else 5.0
         if self._budget - self._pending.spent < cost:
             return False

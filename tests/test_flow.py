@@ -271,8 +271,8 @@ async def test_overload_cuts_concurrency_once_per_round() -> None:
 
 
 async def test_budget_pays_for_failures_not_for_busy_servers() -> None:
-    """Failures spend the budget (timeouts twice as much); answers give a little back; an
-    overload while requests succeed is retried for free.
+    """Failures spend the budget (timeouts twice as much); answers give a little back; the
+    server counts as busy (not down) while answers came in the last two seconds.
     """
     clock = FakeClock()
     flow = make(clock, retry_budget=20)
@@ -281,11 +281,12 @@ async def test_budget_pays_for_failures_not_for_busy_servers() -> None:
     assert not flow.retry_allowed(Failure.TIMEOUT)
     assert flow.retry_allowed(Failure.ERROR)  # 0 left
     assert not flow.retry_allowed(Failure.ERROR)
-    assert not flow.retry_allowed(Failure.OVERLOAD)  # nothing succeeded lately: an outage
+    assert not flow.busy()  # nothing succeeded lately: 503s mean an outage
     await answer(flow, clock, 5)
     assert flow.state().budget == 5
-    assert flow.retry_allowed(Failure.OVERLOAD)
-    assert flow.state().budget == 5
+    assert flow.busy()  # answers lately: 503s mean a busy server, paced not paid for
+    clock.now += 2.5
+    assert not flow.busy()
 
 
 async def test_deadline_while_waiting_raises_and_holds_nothing() -> None:
