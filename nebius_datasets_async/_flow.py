@@ -16,9 +16,10 @@ How it decides (the README says the same for users):
   throttle switches pacing on: requests leave one slot apart (a GCRA schedule, booked in FIFO
   order), at a rate measured while the server is saturated: the successes between two
   throttles, when the server's quota was empty at both, are exactly what it admits.
-  Throttles answering requests sent before the last change of rate are one signal, not many,
-  and the pace never falls below half the best rate the server admitted lately, so a server
-  that refuses a share of requests at random cannot drive it to nothing.
+  Throttles answering requests sent before the last change of rate are one signal, not many;
+  throttles under 2% of the last second's answers are noise, not saturation; and the pace
+  never falls below half the best rate the server admitted lately, so a server that refuses a
+  share of requests at random cannot drive it to nothing.
   While pacing is what holds requests back, the rate probes upward (``probe`` of itself per
   second, faster the longer no throttle comes), so it follows a limit that rises or capacity
   that other clients free; when pacing is not the bottleneck the rate holds.
@@ -64,6 +65,8 @@ _WINDOW_SAMPLES = 16  # ... and this many successes' worth of time at the curren
 _OK_HISTORY = 2.0  # seconds of answer times kept for measuring
 _SLOW_START_STEP = 0.5  # added to the cap per answer until the first throttle: x1.5 a round trip
 _FIRST_WINDOW = 1.0  # seconds of answers the first estimate counts, at most
+_NOISE_SAMPLES = 50  # with this many successes in the last second ...
+_NOISE_SHARE = 0.02  # ... throttles under this share of them are noise, not saturation
 _FIRST_SHARE = 0.25  # the first pace, as a share of the first (burst-inflated) estimate
 _SEARCH_DOUBLING = 0.1  # seconds (or two round trips) to double the pace while searching
 _MAX_CUT = 0.1  # one cut never takes the rate below this share of the rate in force
@@ -266,6 +269,7 @@ class FlowControl:
         self._hold_until = -math.inf
         # what the server admitted, for measuring its limit
         self._ok_times: deque[float] = deque()
+        self._throttle_times: deque[float] = deque()
         self._last_cut = -math.inf
         self._searching = False
         self._first_ok: float | None = None
@@ -439,6 +443,7 @@ class FlowControl:
             self._throttles += 1
             self._streak += 1
             self._last_throttle = now
+            self._throttle_times.append(now)
             self._slow_start = False
             self._read_limits(now, limits)
             blocked = (
@@ -460,9 +465,14 @@ class FlowControl:
         window = max(_MIN_SPAN, _MIN_SPAN_RTTS * self._latency)
         if rate is not None and now - self._last_cut < max(window, _MIN_SPAN_REQUESTS / rate):
             return  # too soon after the last cut to measure again: the same signal
-        oks = self._ok_times
+        oks, refused = self._ok_times, self._throttle_times
         while oks and oks[0] <= now - _OK_HISTORY:
             oks.popleft()
+        while refused and refused[0] <= now - _FIRST_WINDOW:
+            refused.popleft()
+        answered = len(oks) - bisect.bisect_right(oks, now - _FIRST_WINDOW)
+        if answered >= _NOISE_SAMPLES and len(refused) < _NOISE_SHARE * answered:
+            return  # a few throttles among many successes: refused at random, not saturated
         first = self._first_ok if self._first_ok is not None else now
         # The window spans a few round trips, and at least the last few answers (within a
         # second): what the server admitted, however fast we were sending.

@@ -66,14 +66,21 @@ async def test_concurrency_starts_gentle_and_grows_with_answers() -> None:
     assert flow.state().in_flight == 0
 
 
+async def throttle(flow: FlowControl, n: int) -> None:
+    """``n`` requests admitted together, all throttled (no Retry-After)."""
+    tickets = [await flow.admit() for _ in range(n)]
+    for ticket in tickets:
+        flow.on_throttle(ticket, None, NONE)
+
+
 async def paced(flow: FlowControl, clock: FakeClock, limit: float) -> float:
     """Drive ``flow`` against a server admitting ``limit`` requests/s until its pace is
     measured (first contact, then the throttle that ends the search); return the pace.
     """
     await answer(flow, clock, int(limit / 2), spacing=1 / limit)
-    flow.on_throttle(await flow.admit(), None, NONE)  # first contact
+    await throttle(flow, 3)  # first contact
     await answer(flow, clock, int(limit), spacing=1 / limit)
-    flow.on_throttle(await flow.admit(), None, NONE)  # ends the search: measured
+    await throttle(flow, 3)  # ends the search: measured
     rate = flow.state().rate
     assert rate is not None
     return rate
@@ -122,8 +129,7 @@ async def test_unpaced_until_the_first_throttle() -> None:
     await answer(flow, clock, 100, spacing=0.005)  # 200 req/s got through for 0.5 s
     assert flow.state().rate is None
     assert clock.slept == []
-    ticket = await flow.admit()
-    flow.on_throttle(ticket, 1.0, NONE)
+    await throttle(flow, 3)
     first = flow.state().rate
     assert first == pytest.approx(0.25 * 200, rel=0.05)
     assert flow.state().pacing == "measured"
@@ -144,8 +150,21 @@ async def test_throttle_while_saturated_measures_the_limit() -> None:
         t = await flow.admit()
         flow.on_answer(t, NONE)
         clock.now += 0.01
-    flow.on_throttle(await flow.admit(), None, NONE)
+    await throttle(flow, 3)
     assert flow.state().rate == pytest.approx(0.97 * 100, rel=0.1)
+
+
+async def test_rare_throttles_among_many_successes_are_noise() -> None:
+    """A throttle or two among a second's worth of successes (a server refusing a tiny share
+    at random) does not pace anything; a few percent does.
+    """
+    clock = FakeClock()
+    flow = make(clock)
+    await answer(flow, clock, 200, spacing=0.005)
+    await throttle(flow, 2)  # 1% of the last second's answers
+    assert flow.state().rate is None
+    await throttle(flow, 3)  # 2.5%
+    assert flow.state().rate is not None
 
 
 async def test_throttles_from_before_a_cut_are_one_signal() -> None:
