@@ -191,6 +191,31 @@ async def fleet(cfg: dict[str, Any]) -> Result:
     }
 
 
+async def idle_gaps(cfg: dict[str, Any]) -> Result:
+    """Single calls in small batches separated by idle gaps of 4.9-5.1 s (uvicorn's
+    keep-alive is 5 s), with retries off: every failure is a reused dead connection.
+    """
+    from nebius_datasets_async import RetryPolicy
+
+    rng = random.Random(5)
+    ok = failed = 0
+    work = list(updates(cfg))
+    async with DatasetsClient(
+        api_key=cfg["api_key"],
+        base_url=cfg["base_url"],
+        retry=RetryPolicy.never(),
+        keepalive=cfg.get("keepalive", 4.0),
+    ) as client:
+        for start in range(0, len(work), 4):
+            results = await asyncio.gather(
+                *(client.move(i, f) for i, f in work[start : start + 4]), return_exceptions=True
+            )
+            ok += sum(not isinstance(r, BaseException) for r in results)
+            failed += sum(isinstance(r, BaseException) for r in results)
+            await asyncio.sleep(rng.uniform(4.9, 5.1))
+    return {"ok": ok, "failed": failed, "requests": ok + failed}
+
+
 # -- baseline (a): hand-written aiohttp -----------------------------------------------------
 
 
@@ -312,6 +337,7 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Awaitable[Result]]] = {
     "two_bulk": two_bulk,
     "fleet4": fleet4,
     "fleet": fleet,
+    "idle_gaps": idle_gaps,
 }
 
 

@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 from nebius_datasets_async.testing import FakeDatasetsServer, Faults
 
@@ -47,11 +49,51 @@ async def serve(config: dict[str, object]) -> None:
     await fake.stop()
 
 
+def serve_uvicorn(config: dict[str, Any]) -> None:
+    """The FastAPI app of the contract (tests/contract/app.py) under uvicorn, with the given
+    uvicorn settings (``limit_concurrency``, ``timeout_keep_alive``).
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(
+        CONTRACT_API_KEY="bench-key",
+        CONTRACT_DATASETS=str(config.get("datasets", 1000)),
+        CONTRACT_LATENCY=str(config.get("faults", {}).get("latency", 0)),
+    )
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            "tests.contract.app:app", host="127.0.0.1", port=port, log_level="warning",
+            **config["uvicorn"],
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    print(json.dumps({"base_url": f"http://127.0.0.1:{port}", "api_key": "bench-key"}), flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    server.should_exit = True
+    thread.join(30)
+    print(json.dumps({}), flush=True)
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     cpu = config.get("cpu")
     if cpu is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {int(cpu)})
+    if "uvicorn" in config:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        serve_uvicorn(config)
+        return
     asyncio.run(serve(config))
 
 

@@ -22,9 +22,16 @@ from ._exceptions import (
     DatasetsError,
     RunStoppedError,
 )
-from ._flow import Failure, Flow
+from ._flow import Failure, Flow, Ticket
 from ._models import Dataset
-from ._protocol import Request, decode_dataset, error_from_response, parse_rate_limits
+from ._protocol import (
+    RateLimits,
+    Request,
+    Response,
+    decode_dataset,
+    error_from_response,
+    parse_rate_limits,
+)
 from ._retry import RetryPolicy
 from ._transport import Transport
 
@@ -158,25 +165,11 @@ class Caller:
                 flow.cancel(ticket)
                 raise
             else:
-                status = response.status
                 limits = parse_rate_limits(response.headers)
-                if 200 <= status < 300:
+                if 200 <= response.status < 300:
                     flow.on_answer(ticket, limits)
                     return decode_dataset(request, response)
-                status_error = error_from_response(request, response)
-                error = status_error
-                if status == 429 or (status == 503 and status_error.retry_after is not None):
-                    flow.on_throttle(ticket, status_error.retry_after, limits, pause=status == 503)
-                    failure = None
-                elif status == 503:
-                    flow.on_failure(ticket, Failure.OVERLOAD)
-                    failure = Failure.OVERLOAD
-                elif status >= 500 or status == 408:
-                    flow.on_failure(ticket, Failure.ERROR)
-                    failure = Failure.ERROR
-                else:
-                    flow.on_answer(ticket, limits)
-                    raise status_error
+                error, failure = self._settle_error(ticket, request, response, limits)
             finally:
                 if stats is not None:
                     stats.in_flight -= 1
@@ -216,3 +209,24 @@ class Caller:
             else:
                 await self._sleep(delay)
             skipped += max(0.0, delay - (time.monotonic() - started))
+
+    def _settle_error(
+        self, ticket: Ticket, request: Request, response: Response, limits: RateLimits
+    ) -> tuple[APIStatusError, Failure | None]:
+        """Report an error answer to the flow; return its exception and how it failed
+        (``None``: a throttle). Raises at once for an error that is the request's own (4xx).
+        """
+        flow = self.flow
+        status = response.status
+        error = error_from_response(request, response)
+        if status == 429 or (status == 503 and error.retry_after is not None):
+            flow.on_throttle(ticket, error.retry_after, limits, pause=status == 503)
+            return error, None
+        if status == 503:
+            flow.on_failure(ticket, Failure.OVERLOAD)
+            return error, Failure.OVERLOAD
+        if status >= 500 or status == 408:
+            flow.on_failure(ticket, Failure.ERROR)
+            return error, Failure.ERROR
+        flow.on_answer(ticket, limits)  # the server is fine; the request was refused
+        raise error

@@ -63,13 +63,15 @@ _MIN_RATE = 0.5  # requests per second: the slowest shared pace
 # ARGV: successes since this process's last admission, budget tokens it spent, the epoch of a
 # throttle it saw (-1: none), that throttle's Retry-After (-1: none), 1 if the throttle asks
 # everyone to pause, quota headers (remaining, reset; -1: none), its requests in flight,
-# the key TTL in ms, the budget's capacity, the probe speed, the least rate.
+# the key TTL in ms, the budget's capacity, the probe speed, the least rate. (Quota headers
+# count this process's other requests in flight as already spent.)
 # Returns: {seconds to wait, epoch, budget left, rate (0: unpaced)} as strings.
 _ADMIT = """
 local state, okb = KEYS[1], KEYS[2]
 local oks, spent = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t_epoch, t_after, t_pause = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local h_left, h_reset = tonumber(ARGV[6]), tonumber(ARGV[7])
+if h_left >= 0 then h_left = math.max(h_left - tonumber(ARGV[8]), 0) end
 local ttl, capacity = tonumber(ARGV[9]), tonumber(ARGV[10])
 local probe, min_rate = tonumber(ARGV[11]), tonumber(ARGV[12])
 local t = redis.call('TIME')
@@ -323,7 +325,7 @@ class RedisFlowControl:
         self._rate = rate or None
         if self._warned:
             self._warned = False
-            logger.warning("Redis answers again: this process rejoined the shared flow control")
+            logger.info("Redis answers again: this process rejoined the shared flow control")
         return max(wait, 0.0), int(epoch)
 
     def _fall_back(self, exc: BaseException, unsent: _Pending) -> None:
