@@ -34,6 +34,20 @@ def updates(cfg: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield fake_dataset_id((offset + i) % datasets), f"/bench/{i % 97}"
 
 
+class Tally:
+    """Counts single calls that succeeded and failed."""
+
+    def __init__(self) -> None:
+        self.ok = self.failed = 0
+
+    async def move(self, client: DatasetsClient, dataset_id: str, folder: str) -> None:
+        try:
+            await client.move(dataset_id, folder)
+            self.ok += 1
+        except DatasetsError:
+            self.failed += 1
+
+
 def client_for(cfg: dict[str, Any]) -> DatasetsClient:
     return DatasetsClient(
         api_key=cfg["api_key"], base_url=cfg["base_url"], max_concurrency=cfg["concurrency"]
@@ -73,68 +87,43 @@ async def ours_redis(cfg: dict[str, Any]) -> Result:
 
 async def ours_gather(cfg: dict[str, Any]) -> Result:
     """Baseline (c): asyncio.gather over one coroutine per update (our single calls)."""
-    ok = failed = 0
-    async with DatasetsClient(
-        api_key=cfg["api_key"], base_url=cfg["base_url"], max_concurrency=cfg["concurrency"]
-    ) as client:
-
-        async def one(dataset_id: str, folder: str) -> None:
-            nonlocal ok, failed
-            try:
-                await client.move(dataset_id, folder)
-                ok += 1
-            except DatasetsError:
-                failed += 1
-
-        await asyncio.gather(*(one(i, f) for i, f in updates(cfg)))
-    return {"ok": ok, "failed": failed, "requests": None}
+    tally = Tally()
+    async with client_for(cfg) as client:
+        await asyncio.gather(*(tally.move(client, i, f) for i, f in updates(cfg)))
+    return {"ok": tally.ok, "failed": tally.failed, "requests": None}
 
 
 async def service(cfg: dict[str, Any]) -> Result:
     """A service: 300 tasks share one client, each making its share of single calls."""
     tasks = 300
-    ok = failed = 0
+    tally = Tally()
     work = list(updates(cfg))
     async with client_for(cfg) as client:
 
         async def task(k: int) -> None:
-            nonlocal ok, failed
             for dataset_id, folder in work[k::tasks]:
-                try:
-                    await client.move(dataset_id, folder)
-                    ok += 1
-                except DatasetsError:
-                    failed += 1
+                await tally.move(client, dataset_id, folder)
 
         await asyncio.gather(*(task(k) for k in range(tasks)))
         requests = client.flow.state().requests
-    return {"ok": ok, "failed": failed, "requests": requests}
+    return {"ok": tally.ok, "failed": tally.failed, "requests": requests}
 
 
 async def mixed(cfg: dict[str, Any]) -> Result:
     """One bulk run of 80% of the updates and single calls for the rest, at once."""
     work = list(updates(cfg))
     split = len(work) * 4 // 5
-    ok = failed = 0
+    tally = Tally()
     async with client_for(cfg) as client:
-
-        async def single(dataset_id: str, folder: str) -> None:
-            nonlocal ok, failed
-            try:
-                await client.move(dataset_id, folder)
-                ok += 1
-            except DatasetsError:
-                failed += 1
-
         bulk = asyncio.ensure_future(
             client.patch_all(DatasetUpdate(i, folder=f) for i, f in work[:split])
         )
-        await asyncio.gather(*(single(i, f) for i, f in work[split:]))
+        await asyncio.gather(*(tally.move(client, i, f) for i, f in work[split:]))
         report = await bulk
         requests = client.flow.state().requests
     return {
-        "ok": ok + report.succeeded,
-        "failed": failed + report.failed + report.skipped,
+        "ok": tally.ok + report.succeeded,
+        "failed": tally.failed + report.failed + report.skipped,
         "requests": requests,
     }
 

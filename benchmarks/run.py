@@ -75,16 +75,8 @@ def flow_scenarios(scale: float, tiny: bool) -> list[Scenario]:
         return max(50, int(full * scale))
 
     out = []
-    for rate, burst in (
-        (100, 10),
-        (100, 50),
-        (200, 10),
-        (200, 50),
-        (500, 10),
-        (500, 50),
-        (1000, 10),
-        (1000, 50),
-    ):
+    for rate, burst in ((100, 10), (100, 50), (200, 10), (200, 50), (500, 10), (500, 50),
+                        (1000, 10), (1000, 50)):  # fmt: skip
         out.append(
             Scenario(
                 f"grid_{rate}_{burst}",
@@ -97,83 +89,31 @@ def flow_scenarios(scale: float, tiny: bool) -> list[Scenario]:
                 rate=rate,
             )
         )
+
+    def limited(key: str, title: str, contender: str, full: int, rate: int, burst: int,
+                retry_after: float = 1.0, **faults: float) -> Scenario:  # fmt: skip
+        """A scenario against a token bucket of ``rate``/s, with N = ``full`` at full size."""
+        return Scenario(
+            key, title, (contender,), n(full), 64,
+            {**bucket(rate, burst, retry_after), **faults}, datasets=n(full), rate=rate,
+        )  # fmt: skip
+
     out += [
-        Scenario(
-            "grid_long",
-            "6. Token bucket 200/s, burst 10, N = 40 R",
-            ("ours",),
-            n(8000),
-            64,
-            bucket(200, 10),
-            datasets=n(8000),
-            rate=200,
-        ),
-        Scenario(
-            "service",
-            "7. Service: 300 tasks x 5 single calls, bucket 150/s, burst 10",
-            ("service",),
-            n(1500),
-            64,
-            bucket(150, 10),
-            datasets=n(1500),
-            rate=150,
-        ),
-        Scenario(
-            "mixed",
-            "7. One bulk run (80%) + single calls (20%) at once, 200/s",
-            ("mixed",),
-            n(2000),
-            64,
-            bucket(200, 10),
-            datasets=n(2000),
-            rate=200,
-        ),
-        Scenario(
-            "two_bulk",
-            "7. Two bulk runs at once on one client, 200/s",
-            ("two_bulk",),
-            n(3000),
-            64,
-            bucket(200, 10),
-            datasets=n(3000),
-            rate=200,
-        ),
-        Scenario(
-            "fleet4",
-            "7. Four processes, one key, each its own client, 200/s",
-            ("fleet4",),
-            n(3000),
-            64,
-            bucket(200, 10),
-            datasets=n(3000),
-            rate=200,
-        ),
-        Scenario(
-            "demo",
-            "7. The demo's server: 500/s, burst 50, 20 ms, a few faults",
-            ("ours",),
-            n(2000),
-            64,
-            {
-                **bucket(500, 50),
-                "rate_500": 0.003,
-                "rate_500_after_apply": 0.002,
-                "rate_reset": 0.002,
-            },
-            datasets=n(2000),
-            rate=500,
-        ),
-        Scenario(
-            "retry_after_5",
-            "7. Token bucket 200/s, burst 20, Retry-After 5",
-            ("ours",),
-            n(2000),
-            64,
-            bucket(200, 20, 5.0),
-            datasets=n(2000),
-            rate=200,
-        ),
-    ]
+        limited("grid_long", "6. Token bucket 200/s, burst 10, N = 40 R", "ours", 8000, 200, 10),
+        limited("service", "7. Service: 300 tasks x 5 single calls, bucket 150/s, burst 10",
+                "service", 1500, 150, 10),
+        limited("mixed", "7. One bulk run (80%) + single calls (20%) at once, 200/s",
+                "mixed", 2000, 200, 10),
+        limited("two_bulk", "7. Two bulk runs at once on one client, 200/s",
+                "two_bulk", 3000, 200, 10),
+        limited("fleet4", "7. Four processes, one key, each its own client, 200/s",
+                "fleet4", 3000, 200, 10),
+        limited("demo", "7. The demo's server: 500/s, burst 50, 20 ms, a few faults",
+                "ours", 2000, 500, 50,
+                rate_500=0.003, rate_500_after_apply=0.002, rate_reset=0.002),
+        limited("retry_after_5", "7. Token bucket 200/s, burst 20, Retry-After 5",
+                "ours", 2000, 200, 20, retry_after=5.0),
+    ]  # fmt: skip
     window = 1.0 if tiny else 10.0
     for kind in ("fixed", "sliding"):
         for headers in (True, False):
