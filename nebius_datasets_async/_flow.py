@@ -20,16 +20,21 @@ How it decides (the README says the same for users):
   throttles under 2% of the last second's answers are noise, not saturation; and the pace
   never falls below half the best rate the server admitted lately, so a server that refuses a
   share of requests at random cannot drive it to nothing.
-  While pacing is what holds requests back, the rate probes upward (``probe`` of itself per
-  second, faster the longer no throttle comes), so it follows a limit that rises or capacity
-  that other clients free; when pacing is not the bottleneck the rate holds.
+  The first pace is a quarter of the first (burst-inflated) estimate, doubled every few
+  round trips while it holds requests back, until a throttle measures the limit (a search,
+  as TCP's slow start). After that, while pacing is what holds requests back, the rate probes
+  upward (``probe`` of itself per second, faster the longer no throttle comes), and searches
+  again after five quiet seconds, so it follows a limit that rises or capacity that other
+  clients free; when pacing is not the bottleneck the rate holds.
 - **Retry-After.** Only the throttled request waits its ``Retry-After``; the others keep
   their pace. The whole gate pauses only when the server is refusing everything (a run of
   throttles with no success for a while, as a used-up fixed window does), or for a 503 that
   carries ``Retry-After``.
 - **Quota headers.** When answers carry ``x-ratelimit-remaining-requests`` (and a reset time),
-  the gate spreads what remains over the time to the reset, holds when nothing remains, and
-  does not probe: no throttle is needed to find the limit.
+  the gate paces by them and does not probe: no throttle is needed to find the limit. A reset
+  that counts down with the clock is a fixed window: what remains is spread over the time to
+  the reset, and nothing is sent when nothing remains. A reset that stays about constant is a
+  quota that refills as it goes (a sliding window): the pace is ``limit`` over the reset.
 - **Retry budget.** Retrying a failure costs tokens from a shared budget (botocore's retry
   quota); every answered request gives a little back. When it runs dry, failures are no longer
   retried, so a dead server costs about one request per call. Throttles and overloads while
@@ -69,6 +74,7 @@ _NOISE_SAMPLES = 50  # with this many successes in the last second ...
 _NOISE_SHARE = 0.02  # ... throttles under this share of them are noise, not saturation
 _FIRST_SHARE = 0.25  # the first pace, as a share of the first (burst-inflated) estimate
 _SEARCH_DOUBLING = 0.1  # seconds (or two round trips) to double the pace while searching
+_SEARCH_AGAIN = 5.0  # seconds without a throttle, the pace binding, before searching again
 _MAX_CUT = 0.1  # one cut never takes the rate below this share of the rate in force
 _BLOCKED_STREAK = 5  # throttles in a row with no success ...
 _BLOCKED_QUIET = 0.1  # ... and no success for this long: the server refuses everything
@@ -284,6 +290,8 @@ class FlowControl:
         # quota headers
         self._header_rate: float | None = None
         self._header_until = -math.inf
+        self._last_reset: tuple[float, float] | None = None
+        self._fixed_window = 0  # > 0: the reset counts down (a fixed window); < 0: it refills
         # budget
         self._budget_capacity = math.inf if retry_budget is None else float(retry_budget)
         self._budget = self._budget_capacity
@@ -573,11 +581,15 @@ class FlowControl:
         self._last_growth = now
         if now - self._last_paced > _PACED_RECENTLY:
             return  # pacing is not what holds requests back: hold the rate
+        quiet = now - max(self._last_throttle, self._hold_until)
+        if quiet > _SEARCH_AGAIN:
+            # No throttle for a while although the pace holds requests back: the limit rose,
+            # or other clients left. Search upward fast again, as at first contact.
+            self._searching = True
         if self._searching:
             step = max(_SEARCH_DOUBLING, 2.0 * self._latency, _WINDOW_SAMPLES / rate)
             self._rate = rate * 2.0 ** (min(dt, 1.0) / step)
             return
-        quiet = now - max(self._last_throttle, self._hold_until)
         speed = min(_MAX_PROBE, self._probe * 2.0 ** (max(quiet, 0.0) / _PROBE_DOUBLING))
         self._rate = rate * (1.0 + speed * min(dt, 1.0))
 
@@ -593,21 +605,36 @@ class FlowControl:
         if remaining is None:
             return
         # What is left for requests not yet counted by the server: ours in flight (this one
-        # is already counted) take their share first.
-        left = remaining - max(self._active - 1, 0)
+        # is already counted; those waiting for a pacing slot are not sent yet) come first.
+        left = remaining - max(self._active - self._pacing_waiters - 1, 0)
         reset = limits.reset
-        if reset is not None and reset > 0:
-            if left <= 0:
-                self._header_until = now + reset
-                self._header_rate = None
-            else:
-                self._header_rate = max(left / reset, self._min_rate)
-                self._header_until = -math.inf
-        elif left <= 0:
-            # Nothing left and no reset time given: wait a moment before the next request.
-            self._header_until = now + 1.0
-        else:
+        if reset is None or reset <= 0:
+            # No reset time: pace by throttles; when nothing is left, wait a moment.
             self._header_rate = None
+            if left <= 0:
+                self._header_until = now + 1.0
+            return
+        # A fixed window's reset counts down with the clock; a quota that refills as it goes
+        # (a sliding window, a bucket) keeps a reset of about its whole span. The first can
+        # spend what remains before the reset; the second refills `limit` over `reset`.
+        previous = self._last_reset
+        if previous is None:
+            self._last_reset = (now, reset)
+        elif now - previous[0] >= max(0.1, 0.1 * previous[1]):
+            # compare with a reading old enough for the two kinds to differ
+            elapsed = now - previous[0]
+            counted_down = abs(previous[1] - elapsed - reset) <= 0.25 * elapsed
+            self._fixed_window = max(-3, min(3, self._fixed_window + (1 if counted_down else -1)))
+            self._last_reset = (now, reset)
+        if limits.limit is not None and self._fixed_window < 0:
+            self._header_rate = max(_HEADROOM * limits.limit / reset, self._min_rate)
+            self._header_until = -math.inf
+        elif left <= 0:
+            self._header_until = now + reset
+            self._header_rate = None
+        else:
+            self._header_rate = max(left / reset, self._min_rate)
+            self._header_until = -math.inf
 
     # -- state -------------------------------------------------------------------------------
 
