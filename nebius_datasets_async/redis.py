@@ -78,7 +78,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local f = redis.call('HMGET', state, 'rate', 'tat', 'hold', 'epoch', 'paced', 'growth',
   'throttle', 'hrate', 'huntil', 'budget', 'lastok', 'streak', 'cut', 'peak', 'peakat',
-  'search', 'refused', 'refat')
+  'search', 'refused', 'refat', 'first')
 local rate, tat, hold = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0
 local epoch, paced, growth = tonumber(f[4]) or 0, tonumber(f[5]) or 0, tonumber(f[6]) or now
 local last_throttle, hrate, huntil = tonumber(f[7]) or 0, tonumber(f[8]) or 0, tonumber(f[9]) or 0
@@ -87,9 +87,12 @@ local lastok, streak = tonumber(f[11]) or 0, tonumber(f[12]) or 0
 local lastcut, peak, peakat = tonumber(f[13]) or 0, tonumber(f[14]) or 0, tonumber(f[15]) or now
 local search, refused = tonumber(f[16]) or 0, tonumber(f[17]) or 0
 local refat = tonumber(f[18]) or now
+local first = tonumber(f[19])
+if first == 0 then first = nil end
 
 local bucket = math.floor(now * 10)
 if oks > 0 then
+  if not first then first = now end
   redis.call('HINCRBY', okb, bucket, oks)
   lastok = now
   streak = 0
@@ -125,9 +128,12 @@ if t_epoch >= 0 then
       and not (recent >= 50 and refused < 0.02 * recent) then
     -- what the fleet got through over the last 0.3 s (or the last second, at first contact)
     local span = 0.3
-    if rate == 0 then span = 1.0 end
+    if rate == 0 then
+      -- first contact: everything since the fleet's first success, up to a second
+      span = math.max(math.min(now - (first or now), 1.0), 0.1)
+    end
     local admitted = 0
-    for b = bucket - math.floor(span * 10) + 1, bucket do
+    for b = math.floor((now - span) * 10), bucket do
       admitted = admitted + (tonumber(redis.call('HGET', okb, b)) or 0)
     end
     local new_rate
@@ -183,7 +189,7 @@ redis.call('HSET', state, 'rate', rate, 'tat', tat, 'hold', hold, 'epoch', epoch
   'paced', paced, 'growth', growth, 'throttle', last_throttle, 'hrate', hrate,
   'huntil', huntil, 'budget', budget, 'lastok', lastok, 'streak', streak, 'cut', lastcut,
   'peak', peak, 'peakat', peakat, 'search', search, 'refused', refused,
-  'refat', refat)
+  'refat', refat, 'first', first or 0)
 redis.call('HDEL', okb, bucket - 20)
 redis.call('PEXPIRE', state, ttl)
 redis.call('PEXPIRE', okb, ttl)
