@@ -77,22 +77,16 @@ local probe, min_rate = tonumber(ARGV[11]), tonumber(ARGV[12])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local f = redis.call('HMGET', state, 'rate', 'tat', 'hold', 'epoch', 'paced', 'growth',
-  'throttle', 'hrate', 'huntil', 'budget', 'lastok', 'streak', 'cut', 'peak', 'peakat',
-  'search', 'refused', 'refat', 'first')
+  'throttle', 'hrate', 'huntil', 'budget', 'lastok', 'streak', 'cut', 'peak', 'peakat')
 local rate, tat, hold = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0
 local epoch, paced, growth = tonumber(f[4]) or 0, tonumber(f[5]) or 0, tonumber(f[6]) or now
 local last_throttle, hrate, huntil = tonumber(f[7]) or 0, tonumber(f[8]) or 0, tonumber(f[9]) or 0
 local budget = tonumber(f[10]) or capacity
 local lastok, streak = tonumber(f[11]) or 0, tonumber(f[12]) or 0
 local lastcut, peak, peakat = tonumber(f[13]) or 0, tonumber(f[14]) or 0, tonumber(f[15]) or now
-local search, refused = tonumber(f[16]) or 0, tonumber(f[17]) or 0
-local refat = tonumber(f[18]) or now
-local first = tonumber(f[19])
-if first == 0 then first = nil end
 
 local bucket = math.floor(now * 10)
 if oks > 0 then
-  if not first then first = now end
   redis.call('HINCRBY', okb, bucket, oks)
   lastok = now
   streak = 0
@@ -100,10 +94,16 @@ if oks > 0 then
 end
 budget = math.max(0, budget - spent)
 -- the best admitted rate, halving every minute: the pace never falls below half of it
-local recent = 0
-for b = bucket - 4, bucket do
-  recent = recent + (tonumber(redis.call('HGET', okb, b)) or 0)
+local function admitted_since(from)
+  local fields = {}
+  for b = from, bucket do fields[#fields + 1] = b end
+  local total = 0
+  for _, v in ipairs(redis.call('HMGET', okb, unpack(fields))) do
+    total = total + (tonumber(v) or 0)
+  end
+  return total
 end
+local recent = admitted_since(bucket - 4)
 peak = math.max(peak * 0.5 ^ ((now - peakat) / 60), recent / 0.5)
 peakat = now
 
@@ -114,40 +114,19 @@ if h_left >= 0 then
   elseif h_left <= 0 then huntil = now + 1 end
 end
 
--- throttles of the last second, for telling noise from saturation (decays by the second)
-refused = refused * 0.5 ^ (now - refat)
-refat = now
 if t_epoch >= 0 then
-  refused = refused + 1
   last_throttle = now
   streak = streak + 1
   local blocked = streak >= 5 and now - lastok >= 0.1 and hrate == 0
   if t_after >= 0 and (t_pause == 1 or blocked) then
     hold = math.max(hold, now + t_after)
-  elseif t_epoch == epoch and hrate == 0 and now - lastcut >= 0.3
-      and not (recent >= 50 and refused < 0.02 * recent) then
-    -- what the fleet got through over the last 0.3 s (or the last second, at first contact)
-    local span = 0.3
-    if rate == 0 then
-      -- first contact: everything since the fleet's first success, up to a second
-      span = math.max(math.min(now - (first or now), 1.0), 0.1)
-    end
-    local admitted = 0
-    for b = math.floor((now - span) * 10), bucket do
-      admitted = admitted + (tonumber(redis.call('HGET', okb, b)) or 0)
-    end
+  elseif t_epoch == epoch and hrate == 0 and now - lastcut >= 0.3 then
+    local admitted = admitted_since(bucket - 2)
     local new_rate
     if admitted < 8 then
       if rate > 0 then new_rate = rate * 0.5 end
-    elseif rate == 0 then
-      new_rate = 0.25 * admitted / span  -- counts the burst: start low and search
-      search = 1
-    else
-      local least = 0.1 * rate
-      if search == 1 then least = math.min(0.5 * rate, 2 * admitted / span) end
-      search = 0
-      new_rate = math.max(math.min(0.97 * admitted / span, rate), least)
-    end
+    elseif rate == 0 then new_rate = admitted / 0.3
+    else new_rate = math.max(math.min(0.97 * admitted / 0.3, rate), 0.1 * rate) end
     if new_rate then
       rate = math.max(new_rate, 0.5 * peak, min_rate)
       epoch = epoch + 1
@@ -167,16 +146,8 @@ if now < until_ then
 elseif pace > 0 then
   if hrate == 0 and now - paced < 1 then
     local dt = math.min(now - growth, 1)
-    local quiet = math.max(now - math.max(last_throttle, hold), 0)
-    if quiet > 2 then search = 1 end
-    if dt > 0 then
-      if search == 1 then
-        rate = rate * 2 ^ (dt / math.max(0.1, 16 / rate))
-      else
-        rate = rate * (1 + math.min(0.5, probe * 2 ^ quiet) * dt)
-      end
-      pace = rate
-    end
+    local speed = math.min(0.5, probe * 2 ^ (math.max(now - math.max(last_throttle, hold), 0)))
+    if dt > 0 then rate = rate * (1 + speed * dt); pace = rate end
   end
   growth = now
   local interval = 1 / pace
@@ -188,8 +159,7 @@ end
 redis.call('HSET', state, 'rate', rate, 'tat', tat, 'hold', hold, 'epoch', epoch,
   'paced', paced, 'growth', growth, 'throttle', last_throttle, 'hrate', hrate,
   'huntil', huntil, 'budget', budget, 'lastok', lastok, 'streak', streak, 'cut', lastcut,
-  'peak', peak, 'peakat', peakat, 'search', search, 'refused', refused,
-  'refat', refat, 'first', first or 0)
+  'peak', peak, 'peakat', peakat)
 redis.call('HDEL', okb, bucket - 20)
 redis.call('PEXPIRE', state, ttl)
 redis.call('PEXPIRE', okb, ttl)
