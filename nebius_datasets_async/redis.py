@@ -9,8 +9,9 @@
 
 Every client of the same API key and base URL that points at the same Redis shares one pace,
 one Retry-After pause, what the server's ``x-ratelimit-*`` headers said and one retry budget,
-so a fleet of workers on several machines behaves as one well-paced client. The concurrency
-bound stays per process.
+so a fleet of workers on several machines is paced as one client (few throttles); the shared
+pace is still slower to find the limit than one process's own ``FlowControl``
+(``docs/SCALING.md`` has the figures). The concurrency bound stays per process.
 
 How it works: the pace is a GCRA slot schedule kept in Redis and updated atomically by a Lua
 script, **one round trip per admitted request**. Everything a process learns between two
