@@ -357,7 +357,7 @@ class BulkRun:
 
     @property
     def throttled(self) -> int:
-        """Answers that were throttles (429, or 503 with Retry-After) so far."""
+        """Answers that asked to slow down so far: 429s, and 503s from a busy server."""
         return self._stats.throttled
 
     # -- the iterator ------------------------------------------------------------------------

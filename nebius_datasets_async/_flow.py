@@ -423,9 +423,7 @@ class FlowControl:
         """The request was answered (a success, or an error that is the request's own)."""
         with self._lock:
             now = self._clock()
-            self._ok_times.append(now)
-            if len(self._ok_times) > 4096 and self._ok_times[0] <= now - _OK_HISTORY:
-                self._ok_times.popleft()
+            _append_recent(self._ok_times, now, _OK_HISTORY)
             self._streak = 0
             self._last_ok = now
             self._latency += 0.1 * (now - ticket.admitted_at - self._latency)
@@ -451,7 +449,7 @@ class FlowControl:
             self._throttles += 1
             self._streak += 1
             self._last_throttle = now
-            self._throttle_times.append(now)
+            _append_recent(self._throttle_times, now, _FIRST_WINDOW)
             self._slow_start = False
             self._read_limits(now, limits)
             blocked = (
@@ -664,6 +662,15 @@ class FlowControl:
                 cuts=self._cuts,
                 pacing=pacing,
             )
+
+
+def _append_recent(times: deque[float], now: float, keep: float) -> None:
+    """Add ``now`` and drop the times older than ``keep`` seconds: bounded however long the
+    flow lives.
+    """
+    times.append(now)
+    while times[0] <= now - keep:
+        times.popleft()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

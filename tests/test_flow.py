@@ -363,3 +363,19 @@ def test_one_flow_serves_many_threads_and_loops() -> None:
     assert peak <= 3
     assert flow.state().requests == 400
     assert flow.state().in_flight == 0
+
+
+async def test_history_stays_bounded_in_a_long_lived_service() -> None:
+    """An hour of answers and throttles without a cut keeps only the last seconds of them."""
+    clock = FakeClock()
+    flow = make(clock)
+    for _ in range(3600):
+        ticket = await flow.admit()
+        clock.now += 1.0
+        flow.on_answer(ticket, NONE)
+    assert len(flow._ok_times) <= 3  # type: ignore[attr-defined]
+    for _ in range(100):
+        ticket = await flow.admit()
+        clock.now += 1.0
+        flow.on_throttle(ticket, None, NONE)
+    assert len(flow._throttle_times) <= 2  # type: ignore[attr-defined]
