@@ -66,6 +66,7 @@ async def ours(cfg: dict[str, Any]) -> Result:
         "ok": report.succeeded,
         "failed": report.failed + report.skipped,
         "requests": report.requests,
+        "ended_at": time.time(),
     }
 
 
@@ -82,6 +83,7 @@ async def ours_redis(cfg: dict[str, Any]) -> Result:
         "failed": report.failed + report.skipped,
         "requests": report.requests,
         "redis_calls": flow.redis_calls,
+        "ended_at": time.time(),
     }
 
 
@@ -151,27 +153,39 @@ async def fleet4(cfg: dict[str, Any]) -> Result:
 
 async def fleet(cfg: dict[str, Any]) -> Result:
     """``workers`` processes with the same key, each its own client and bulk run of an equal
-    share; with ``redis_url`` their flow is shared through Redis.
+    share; with ``redis_url`` their flow is shared through Redis. The wall runs from the moment
+    every worker is up (interpreter started, package imported) to the moment the last one has
+    finished its run and closed its client: starting and tearing down interpreters is the
+    fleet's deployment, not its flow control.
     """
     procs = cfg["workers"]
     share = cfg["n"] // procs
     children = []
     for k in range(procs):
-        child = {**cfg, "n": share, "offset": k * share, "cpu": None}
+        child = {**cfg, "n": share, "offset": k * share, "cpu": None, "barrier": True}
         children.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,
                 __file__,
                 "ours",
                 json.dumps(child),
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
         )
+    for child_proc in children:
+        assert child_proc.stdout is not None
+        assert (await child_proc.stdout.readline()).strip() == b"ready"
+    started = time.time()
+    for child_proc in children:
+        assert child_proc.stdin is not None
+        child_proc.stdin.write(b"go\n")
     results = []
     for child_proc in children:
         out, _ = await child_proc.communicate()
         results.append(json.loads(out.decode().strip().splitlines()[-1]))
     return {
+        "wall": max(r["ended_at"] for r in results) - started,
         "ok": sum(r["ok"] for r in results),
         "failed": sum(r["failed"] for r in results),
         "requests": sum(r["requests"] for r in results),
@@ -335,18 +349,24 @@ def main() -> None:
 
     name, cfg = sys.argv[1], json.loads(sys.argv[2])
     cpu = cfg.get("cpu")
-    if cpu is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {int(cpu)})
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        if cpu is not None:
+            os.sched_setaffinity(0, {int(cpu)})
+        elif cfg.get("any_cpu"):  # a fleet member free to use every core
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
     loop_factory = None
     if cfg.get("loop") == "uvloop":
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    if cfg.get("barrier"):  # a fleet member: start when the whole fleet is up
+        print("ready", flush=True)
+        sys.stdin.readline()
     started_cpu = time.process_time()
     started = time.perf_counter()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         result = runner.run(CONTENDERS[name](cfg))
-    result["wall"] = time.perf_counter() - started
+    result.setdefault("wall", time.perf_counter() - started)
     result["cpu"] = time.process_time() - started_cpu
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result), flush=True)

@@ -78,11 +78,11 @@ async def test_two_clients_share_one_pace_and_leave_no_trace_of_the_key(
         for flow in flows:
             await flow.aclose()
         assert all(r.ok for r in reports)
-        # The fleet target (< 2% over long runs) is not met yet on short runs: the start,
-        # before the first throttle reaches Redis, costs most of these (see docs/SCALING.md).
-        assert fake.stats.statuses[429] / fake.stats.requests < 0.08, fake.stats
+        # about 1% here (the fleet's first contact with the limit costs most of these)
+        assert fake.stats.statuses[429] / fake.stats.requests < 0.03, fake.stats
         assert flows[0].keys == flows[1].keys
-        assert all(f.redis_calls >= 600 for f in flows)
+        # one Redis round trip books slots for every request waiting: at most one each
+        assert all(0 < f.redis_calls <= r.requests for f, r in zip(flows, reports, strict=True))
     keys = [k async for k in redis.scan_iter("*")]  # type: ignore[attr-defined]
     assert keys
     tags = {k.decode().split("{", 1)[1].split("}", 1)[0] for k in keys}
@@ -112,6 +112,49 @@ async def test_unreachable_redis_falls_back_with_one_warning(
     assert len(warnings) == 1
     assert "Redis is unavailable" in warnings[0].getMessage()
     assert flow.fallbacks >= 2
+
+
+async def test_cancelled_callers_free_their_places_and_the_booker_stops(
+    redis_url: str, redis: object
+) -> None:
+    """Callers cancelled while they wait for a shared slot hold nothing afterwards; the
+    process's booker ends when nobody waits, and the flow keeps working.
+    """
+    faults = Faults(rate_limit=50, burst=5, rate_limit_retry_after=1)
+    async with FakeDatasetsServer(datasets=100, faults=faults) as fake:
+        flow = RedisFlowControl(redis_url, max_concurrency=64)
+        async with fake.client(flow=flow) as client:
+            ids = fake.dataset_ids
+            tasks = [asyncio.create_task(client.rename(i, "cancelled")) for i in ids[:60]]
+            await asyncio.sleep(0.3)
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert any(isinstance(r, asyncio.CancelledError) for r in results)
+            await asyncio.sleep(0.1)
+            assert flow.state().in_flight == 0
+            assert flow.state().waiting == 0
+            assert flow._booker is None
+            renamed = await client.rename(ids[99], "after")
+        await flow.aclose()
+    assert renamed.name == "after"
+    assert fake.store[ids[99]]["name"] == "after"
+
+
+async def test_the_shared_history_forgets_old_buckets(redis_url: str, redis: object) -> None:
+    """A sparse user skips buckets; the history hash still keeps only the last two seconds."""
+    async with FakeDatasetsServer(datasets=1) as fake:
+        flow = RedisFlowControl(redis_url)
+        async with fake.client(flow=flow) as client:
+            await client.get_dataset(fake.dataset_ids[0])
+            history = flow.keys[1]
+            stale = {str(b): 1 for b in range(1000, 1070)} | {f"r{b}": 1 for b in range(1000, 1010)}
+            await redis.hset(history, mapping=stale)  # type: ignore[attr-defined]
+            await client.get_dataset(fake.dataset_ids[0])
+        await flow.aclose()
+    fields = [f.decode() for f in await redis.hkeys(history)]  # type: ignore[attr-defined]
+    assert fields
+    assert all(int(f.removeprefix("r")) > 10**9 for f in fields), fields
 
 
 def test_shards_split_a_plan_stably() -> None:
