@@ -5,7 +5,7 @@ calls per second one Redis serves, for docs/SCALING.md.
 
 Starts its own redis-server on 127.0.0.1 (as the tests do), drives RedisFlowControl's
 admission script from several connections at once with signals like a busy fleet's (successes
-every call, a throttle now and then, quota headers), and reads Redis's own ``INFO
+every call, a throttle now and then, four slots wanted a call), and reads Redis's own ``INFO
 commandstats``.
 """
 
@@ -37,7 +37,12 @@ async def drive(url: str, calls: int, clients: int) -> dict[str, float]:
         script = scripts[k]
         for i in range(per):
             throttle = 0 if i % 100 == 0 else -1
-            await script(keys=keys, args=[1, 0, throttle, -1, 0, -1, -1, 4, 600000, 500, 0.02, 0.5])
+            # oks, spent, throttle epoch, Retry-After, pause, throttles, quota left, reset,
+            # in flight, latency, ttl ms, budget, probe, least rate, first rate, slots wanted,
+            # horizon, headroom: a busy fleet's call booking a batch of four
+            args = [4, 0, throttle, -1, 0, int(throttle == 0), -1, -1, 4, 0.02, 600000, 500,
+                    0.01, 0.5, 200, 4, 0.05, 0.95]  # fmt: skip
+            await script(keys=keys, args=args)
 
     await conns[0].config_resetstat()
     started = time.perf_counter()
@@ -67,10 +72,10 @@ def main() -> int:
     finally:
         server.close()
     print(
-        f"{result['calls']:.0f} admissions from {args.clients} connections in "
+        f"{result['calls']:.0f} calls from {args.clients} connections in "
         f"{result['wall']:.2f}s: {result['calls_per_second']:.0f}/s through one Python process; "
         f"the script costs Redis {result['usec_per_call']:.1f} us per call "
-        f"(one Redis core: about {1e6 / max(result['usec_per_call'], 0.1):.0f} admissions/s)"
+        f"(one Redis core: about {1e6 / max(result['usec_per_call'], 0.1):.0f} calls/s)"
     )
     return 0
 

@@ -504,6 +504,8 @@ def _headline(key: str) -> str:
 def _target(key: str) -> str:
     if key.startswith("grid_") and key != "grid_long":
         return "<= 1.15x N/R + 1 s, < 5% 429s"
+    if key.startswith("fleet_") and key.endswith("_redis"):
+        return "<= 1.15x N/R, < 2% 429s"
     return {
         "grid_long": "<= 1.05x N/R",
         "service": "<= 1.2x N/R + 1.5 s, <= 5% 429s, 0 failed",

@@ -186,6 +186,7 @@ if t_epoch >= 0 then
         if epoch == 0 then
           -- first contact: the count may include the server's burst; the next cut, if
           -- any, measures again
+          -- the search then climbs back to near this measure and holds there
           new_rate = 0.5 * math.min(measured, rate)
           target = measured
         else
