@@ -391,18 +391,19 @@ class RedisFlowControl:
         ticket = await self._local.admit(deadline, paced=False)
         try:
             slot = await self._next_slot()
-            if slot is None:  # Redis failed just now: pace locally from here on
-                self._local.cancel(ticket)
-                return await self._local.admit(deadline)
-            send_at, epoch = slot
-            wait = send_at - time.monotonic()
-            if wait > 0:
-                if deadline is not None and send_at > deadline:
-                    raise APITimeoutError("the deadline passed while waiting to send")
-                await asyncio.sleep(wait)
+            if slot is not None:
+                send_at, epoch = slot
+                wait = send_at - time.monotonic()
+                if wait > 0:
+                    if deadline is not None and send_at > deadline:
+                        raise APITimeoutError("the deadline passed while waiting to send")
+                    await asyncio.sleep(wait)
         except BaseException:
             self._local.cancel(ticket)
             raise
+        if slot is None:  # Redis failed just now: pace locally from here on
+            self._local.cancel(ticket)
+            return await self._local.admit(deadline)
         return Ticket(epoch, time.monotonic())  # sent now: latency excludes the wait
 
     async def _next_slot(self) -> tuple[float, int] | None:
@@ -433,7 +434,7 @@ class RedisFlowControl:
                     waiters.popleft()
                 if not waiters:
                     return
-                reply = await self._call_script(len(waiters))
+                reply = await self._call_script(sum(not w.done() for w in waiters))
                 if reply is None:  # fell back: every waiter paces locally
                     while waiters:
                         waiter = waiters.popleft()
