@@ -300,7 +300,9 @@ class RedisFlowControl:
     - ``max_concurrency``: requests in flight from this process (the local bound);
     - ``timeout``: seconds for one Redis operation before falling back (default 0.25);
     - ``ttl``: seconds every key lives after its last use (default 600);
-    - ``retry_budget``: the fleet's retry budget in tokens.
+    - ``retry_budget``: the fleet's retry budget in tokens;
+    - ``probe``: how fast the shared pace probes upward after five seconds without a
+      throttle, as a share of itself per second (default 0.01, doubling every further second).
 
     It works in the event loop it is first used in (a ``redis.asyncio`` connection belongs to
     one loop); a process with several loops should give each its own client and flow.

@@ -81,8 +81,10 @@ async def test_two_clients_share_one_pace_and_leave_no_trace_of_the_key(
         # about 1% here (the fleet's first contact with the limit costs most of these)
         assert fake.stats.statuses[429] / fake.stats.requests < 0.03, fake.stats
         assert flows[0].keys == flows[1].keys
-        # one Redis round trip books slots for every request waiting: at most one each
-        assert all(0 < f.redis_calls <= r.requests for f, r in zip(flows, reports, strict=True))
+        # one Redis round trip books slots for every request waiting: about one per three here
+        assert all(
+            0 < f.redis_calls < 0.75 * r.requests for f, r in zip(flows, reports, strict=True)
+        )
     keys = [k async for k in redis.scan_iter("*")]  # type: ignore[attr-defined]
     assert keys
     tags = {k.decode().split("{", 1)[1].split("}", 1)[0] for k in keys}
