@@ -186,9 +186,13 @@ if t_epoch >= 0 then
         if epoch == 0 then
           -- first contact: the count may include the server's burst; the next cut, if
           -- any, measures again
-          -- the search then climbs back to near this measure and holds there
+          -- The search then climbs back to near this measure and holds there. When the
+          -- limit was met soon after the start, the burst inflates the measure; when the
+          -- fleet ramped up for a while first, the ramp deflates it: search on past it
+          -- then, five times slower.
           new_rate = 0.5 * math.min(measured, rate)
           target = measured
+          if now - first > 0.5 then target = -measured end
         else
           -- one cut takes at most 90% off; while searching, the limit likely lies above
           -- half the pace that met it, unless the measurement says less
@@ -223,6 +227,7 @@ else
       if search == 1 then
         local step = math.max(0.3, 2 * latency)  -- the fleet's first ramp: x2 in 0.3 s
         if epoch > 0 then step = math.max(0.2, 2 * latency, 8 / rate) end
+        if target < 0 and rate >= -target then step = 5 * step end
         rate = math.min(rate * 2 ^ (dt / step), 1e6)
         if target > 0 and rate >= 0.8 * target then
           -- back near what first contact measured (which counts the burst too): hold
