@@ -85,7 +85,9 @@ _SPACING = 0.002  # seconds between two admission calls of one process, at least
 # from what the fleet got through while the server throttled it. The fleet's first pace
 # (ARGV[15]) doubles every few round trips while it holds requests back, so the fleet ramps
 # up together instead of each process sending its own first volley; first contact halves
-# what got through and searches again (slowly past that first measure); later throttles set
+# what got through and searches again, up to 80% of that first measure (met soon after the
+# start: it counts the burst) or on past it, slower (met after a long ramp: it averages the
+# ramp); later throttles set
 # the pace to ``headroom`` times what got through, which then holds for five quiet seconds
 # before it probes upward. Slots are booked at most ``horizon`` ahead, so a cut reaches every
 # process within that time.
