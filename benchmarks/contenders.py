@@ -349,11 +349,8 @@ def main() -> None:
 
     name, cfg = sys.argv[1], json.loads(sys.argv[2])
     cpu = cfg.get("cpu")
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        if cpu is not None:
-            os.sched_setaffinity(0, {int(cpu)})
-        elif cfg.get("any_cpu"):  # a fleet member free to use every core
-            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    if cpu is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {int(cpu)})
     loop_factory = None
     if cfg.get("loop") == "uvloop":
         import uvloop

@@ -98,6 +98,13 @@ class Failure(enum.Enum):
     OVERLOAD = "overload"
 
 
+def retry_cost(failure: Failure) -> float:
+    """Tokens a retry after this failure takes from the retry budget: 10 after a timeout
+    (the costliest to wait for), 5 otherwise.
+    """
+    return 10.0 if failure is Failure.TIMEOUT else 5.0
+
+
 @attrs.frozen(slots=True)
 class Ticket:
     """An admitted request. Report how it ended exactly once: ``on_answer``, ``on_throttle``,
@@ -554,7 +561,7 @@ class FlowControl:
         tokens after a timeout, 5 otherwise) and is refused when the budget is spent.
         """
         with self._lock:
-            cost = 10.0 if failure is Failure.TIMEOUT else 5.0
+            cost = retry_cost(failure)
             if self._budget < cost:
                 return False
             self._budget -= cost

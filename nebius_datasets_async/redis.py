@@ -46,7 +46,7 @@ from typing import Any
 import attrs
 
 from ._exceptions import APITimeoutError
-from ._flow import Failure, FlowControl, FlowState, Ticket
+from ._flow import Failure, FlowControl, FlowState, Ticket, retry_cost
 from ._protocol import RateLimits
 from ._validate import check
 
@@ -87,10 +87,9 @@ _SPACING = 0.002  # seconds between two admission calls of one process, at least
 # up together instead of each process sending its own first volley; first contact halves
 # what got through and searches again, up to 80% of that first measure (met soon after the
 # start: it counts the burst) or on past it, slower (met after a long ramp: it averages the
-# ramp); later throttles set
-# the pace to ``headroom`` times what got through, which then holds for five quiet seconds
-# before it probes upward. Slots are booked at most ``horizon`` ahead, so a cut reaches every
-# process within that time.
+# ramp); later throttles set the pace to ``headroom`` times what got through, which then
+# holds for five quiet seconds before it probes upward. Slots are booked at most ``horizon``
+# ahead, so a cut reaches every process within that time.
 _ADMIT = """
 local state, hist = KEYS[1], KEYS[2]
 local oks, spent = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -186,12 +185,10 @@ if t_epoch >= 0 then
       else
         local measured = got / covered
         if epoch == 0 then
-          -- first contact: the count may include the server's burst; the next cut, if
-          -- any, measures again
-          -- The search then climbs back to near this measure and holds there. When the
-          -- limit was met soon after the start, the burst inflates the measure; when the
-          -- fleet ramped up for a while first, the ramp deflates it: search on past it
-          -- then, five times slower.
+          -- First contact: halve, then search back up to near this measure and hold
+          -- there. When the limit was met soon after the start, the server's burst
+          -- inflates the measure; when the fleet ramped up for a while first, the ramp
+          -- deflates it: search on past it then, five times slower.
           new_rate = 0.5 * math.min(measured, rate)
           target = measured
           if now - first > 0.5 then target = -measured end
@@ -209,7 +206,7 @@ if t_epoch >= 0 then
       epoch = epoch + 1
       lastcut = now
       growth = now
-      tat = now  -- requests waiting for slots of the old pace book again (see admit)
+      tat = now  -- slots are booked at most `horizon` ahead: the new pace holds at once
     end
   end
 end
@@ -342,7 +339,6 @@ class RedisFlowControl:
         self._script = client.register_script(_ADMIT)
         self._namespace = namespace
         self._keys: list[str] | None = None
-        self._timeout = timeout
         self._ttl_ms = int(ttl * 1000)
         self._capacity = float(retry_budget)
         self._probe = probe
@@ -577,7 +573,7 @@ class RedisFlowControl:
         """Pay for a retry from the fleet's budget (as last reported by Redis)."""
         if self._warned or self._keys is None:
             return self._local.retry_allowed(failure)
-        cost = 10.0 if failure is Failure.TIMEOUT else 5.0
+        cost = retry_cost(failure)
         if self._budget - self._pending.spent < cost:
             return False
         self._pending.spent += cost
