@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -132,14 +131,18 @@ class Caller:
         # A sleep injected for tests returns at once; `skipped` adds the time it should have
         # taken, so that deadlines count it all the same.
         skipped = 0.0
-        deadline = None if policy.deadline is None else time.monotonic() + policy.deadline
+        clock = asyncio.get_running_loop().time  # time.monotonic, or a simulation's clock
+        deadline = None if policy.deadline is None else clock() + policy.deadline
         failures = 0
         error: DatasetsError | None = None
         while True:
             if stop is not None and stop.reason is not None:
                 raise stop.reason
             try:
-                ticket = await flow.admit(None if deadline is None else deadline - skipped)
+                ticket = await flow.admit(
+                    None if deadline is None else deadline - skipped,
+                    max_wait=policy.max_retry_after,
+                )
             except APITimeoutError:
                 if error is not None:
                     raise error from None  # the last attempt's error says more
@@ -150,7 +153,7 @@ class Caller:
             ctx.attempts += 1
             timeout = self.timeout
             if deadline is not None:
-                timeout = min(timeout, max(deadline - skipped - time.monotonic(), 0.001))
+                timeout = min(timeout, max(deadline - skipped - clock(), 0.001))
             if stats is not None:
                 stats.requests += 1
                 stats.in_flight += 1
@@ -191,7 +194,7 @@ class Caller:
                 if failures >= policy.max_attempts or not flow.retry_allowed(failure):
                     raise error
                 delay = policy.delay(failures, retry_after, self._rand)
-            if deadline is not None and time.monotonic() + skipped + delay >= deadline:
+            if deadline is not None and clock() + skipped + delay >= deadline:
                 raise error
             if stats is not None:
                 stats.retries += 1
@@ -203,12 +206,12 @@ class Caller:
                 ctx.attempts,
                 error,
             )
-            started = time.monotonic()
+            started = clock()
             if stop is not None and self._sleep is asyncio.sleep:
                 await stop.sleep(delay)
             else:
                 await self._sleep(delay)
-            skipped += max(0.0, delay - (time.monotonic() - started))
+            skipped += max(0.0, delay - (clock() - started))
 
     def _settle_error(
         self, ticket: Ticket, request: Request, response: Response, limits: RateLimits

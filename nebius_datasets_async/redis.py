@@ -387,13 +387,15 @@ class RedisFlowControl:
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def admit(self, deadline: float | None = None) -> Ticket:
+    async def admit(
+        self, deadline: float | None = None, *, max_wait: float | None = None
+    ) -> Ticket:
         """A place here, then a slot in the fleet's shared schedule (or the local one while
         Redis is unavailable).
         """
         if self._keys is None or time.monotonic() < self._down_until:
-            return await self._local.admit(deadline)
-        ticket = await self._local.admit(deadline, paced=False)
+            return await self._local.admit(deadline, max_wait=max_wait)
+        ticket = await self._local.admit(deadline, max_wait=max_wait, paced=False)
         try:
             slot = await self._next_slot()
             if slot is not None:
@@ -408,7 +410,7 @@ class RedisFlowControl:
             raise
         if slot is None:  # Redis failed just now: pace locally from here on
             self._local.cancel(ticket)
-            return await self._local.admit(deadline)
+            return await self._local.admit(deadline, max_wait=max_wait)
         return Ticket(epoch, time.monotonic())  # sent now: latency excludes the wait
 
     async def _next_slot(self) -> tuple[float, int] | None:
