@@ -152,7 +152,7 @@ async def test_bulk_jsonl_from_stdin_with_json_output(fake: FakeDatasetsServer) 
     )
     assert result.code == 0, result.err
     *outcomes, summary = [json.loads(t) for t in result.out.splitlines()]
-    assert {"requests", "retries", "throttled", "final_rate"} <= set(summary["summary"])
+    assert {"requests", "retries", "throttled", "paced_at"} <= set(summary["summary"])
     assert sorted(o["dataset_id"] for o in outcomes) == sorted(ids)
     assert summary["summary"]["applied"] == 4
     assert all(fake.store[i]["folder"] == "/stdin" for i in ids)
@@ -187,7 +187,7 @@ async def test_journal_then_resume_applies_each_update_once(
         fake.store[i] = make_dataset(100 + n, id=i)
     second = await run_cli(fake, "bulk", str(plan), "--resume", str(journal), "--no-progress")
     assert second.code == 0, second.err
-    assert "3 applied, 0 failed, 0 left undone, 10 already applied" in second.out
+    assert "3 applied, 0 failed, 0 skipped, 0 not started, 10 already applied" in second.out
     for i in ids:
         assert len(fake.applied_requests(i)) == 1
     for i in late:
@@ -200,10 +200,10 @@ async def test_journal_then_resume_applies_each_update_once(
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("a,b,c,d\n", "line 1: expected 2 or 3 columns"),
-        ("x,name\n,name\n", "line 2: dataset_id is missing or empty"),
-        ("x,name\ny,,\n", "line 2: "),
-        ("x,one\nx,two\n", "line 2: dataset_id 'x' appears twice"),
+        ("ab1,b,c,d\n", "line 1: expected 2 or 3 columns"),
+        ("ab12,name-1\n,name-2\n", "line 2: dataset_id is missing or empty"),
+        ("ab12,name-1\ncd34,,\n", "line 2: "),
+        ("ab12,name-1\nab12,name-2\n", "line 2: dataset_id 'ab12' appears twice"),
         ("", "the plan holds no updates"),
         ("\n\n", "the plan holds no updates"),
         ('x,"unclosed\n', "malformed CSV"),
@@ -282,12 +282,15 @@ async def test_key_never_appears_in_output_or_journal(
 async def test_auth_failure_in_bulk_skips_the_rest(
     fake: FakeDatasetsServer, tmp_path: Path
 ) -> None:
-    """A refused key stops a bulk run: exit 1, the rest reported as left undone."""
+    """A refused key stops a bulk run: exit 1, the rest reported as skipped, with the reason."""
     plan = write(tmp_path / "p.csv", "".join(f"{i},x,\n" for i in fake.dataset_ids))
     result = await run_cli(fake, "bulk", str(plan), "--concurrency", "2", key="bad-key-value")
     assert result.code == 1
     assert "AuthenticationError" in result.out
-    assert "left undone" in result.out
+    assert "the server refused the API key (401)" in result.out
+    failed, skipped = (len(fake.requests), 20 - len(fake.requests))
+    assert f"0 applied, {failed} failed, {skipped} skipped, 0 not started" in result.out
+    assert all(r["name"] != "x" for r in fake.store.values())
 
 
 async def test_demo_runs_and_verifies(fake: FakeDatasetsServer) -> None:
