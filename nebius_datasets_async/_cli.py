@@ -734,9 +734,9 @@ async def _run_plan(
                     elif as_json:
                         print(json.dumps(_outcome_json(outcome), ensure_ascii=False), flush=True)
         final = run.progress()
-        tally.seen(final)
-        if display is not None:
+        if display is not None and not final.finished:  # abandoned: the run never finished
             display.update(attrs.evolve(final, finished=True))
+        tally.seen(final)
     finally:
         if display is not None:
             display.close()
@@ -775,6 +775,8 @@ def _print_summary(
 ) -> None:
     pace = tally.pace(final)
     verb = tally.verb
+    if args.dry_run:
+        print(f"dry run: no PATCH was sent ({final.requests} GET requests)", file=sys.stderr)
     not_started = tally.not_started(final)
     if args.output == "json":
         summary = {
@@ -807,8 +809,6 @@ def _print_summary(
         f"{final.throttled} answered 429{paced}, {final.elapsed:.1f}s",
         flush=True,
     )
-    if args.dry_run:
-        print(f"dry run: no PATCH was sent ({final.requests} GET requests)", file=sys.stderr)
 
 
 # -- demo -------------------------------------------------------------------------------------
