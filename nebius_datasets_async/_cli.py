@@ -72,16 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     bulk = sub.add_parser(
         "bulk",
         help="apply a plan file of updates",
-        description="Apply every update of PLAN (CSV dataset_id,name,folder or JSON Lines; "
-        "'-' reads standard input). The plan is checked whole before anything is sent.",
+        description="Apply every update of PLAN: CSV with a header naming dataset_id (or id), "
+        "name and/or folder in any order (without a header: dataset_id,name,folder), or JSON "
+        "Lines; '-' reads standard input. The plan is checked whole before anything is sent.",
     )
     bulk.add_argument("plan", help="plan file, or - for standard input")
     bulk.add_argument("--format", choices=("csv", "jsonl"), help="default: from the file")
     bulk.add_argument("--concurrency", type=_positive_int, default=32)
-    bulk.add_argument("--dry-run", action="store_true", help="GET each dataset; send no PATCH")
+    bulk.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read each dataset and print what would change; send no PATCH",
+    )
     bulk.add_argument("--journal", type=Path, help="append one JSON line per finished update")
     bulk.add_argument(
-        "--resume", type=Path, help="skip updates this journal records as applied (and append)"
+        "--resume",
+        type=Path,
+        help="skip updates this journal records as applied, and append to it (it must exist, "
+        "unless --journal is given too)",
     )
     bulk.add_argument("--skip-bad-lines", action="store_true", help="apply the valid lines")
     bulk.add_argument("--output", choices=("table", "json"), default="table")
@@ -472,9 +480,9 @@ class _PlainDisplay:
         self._last = now
         rate = p.throughput
         left = self._tally.total - self._tally.already - p.done
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        eta = "" if p.finished else f", ETA {left / rate:.0f}s" if rate > 0 else ", ETA ?"
         print(
-            f"progress: {self._tally.counts(p)}, {p.in_flight} in flight, {rate:.0f}/s, ETA {eta}",
+            f"progress: {self._tally.counts(p)}, {p.in_flight} in flight, {rate:.0f}/s{eta}",
             file=sys.stderr,
             flush=True,
         )
