@@ -815,6 +815,8 @@ def _print_summary(
         f"{not_started} not started, {tally.already} already {verb} "
         f"(of {tally.total}); {final.requests} requests, {final.retries} retries, "
         f"{final.throttled} answered 429{paced}, {final.elapsed:.1f}s",
+        # a dry run's standard output is one line per dataset, for pipes
+        file=sys.stderr if args.dry_run else sys.stdout,
         flush=True,
     )
 

@@ -432,8 +432,8 @@ async def test_dry_run_with_a_refused_key_stops_like_a_real_run(
     )
     assert result.code == 1
     assert len(fake.requests) <= 2
-    assert "0 checked" in result.out
-    assert f"{20 - len(fake.requests)} skipped" in result.out
+    assert "0 checked" in result.err
+    assert f"{20 - len(fake.requests)} skipped" in result.err
 
 
 async def test_paced_at_is_the_pace_the_gate_held(tmp_path: Path) -> None:
