@@ -440,7 +440,7 @@ class _Tally:
 
     def counts(self, p: BulkProgress) -> str:
         done = self.already + p.succeeded
-        earlier = f" ({self.already} {self.verb} earlier)" if self.already else ""
+        earlier = f" ({self.already} applied earlier)" if self.already else ""
         return (
             f"{done}/{self.total} {self.verb}{earlier}, {p.failed} failed, {p.skipped} skipped, "
             f"{self.not_started(p)} not started"
@@ -792,7 +792,7 @@ def _print_summary(
             "failed": final.failed,
             "skipped": final.skipped,
             "not_started": not_started,
-            f"already_{verb}": tally.already,
+            "already_applied": tally.already,
             "total": tally.total,
             "requests": final.requests,
             "retries": final.retries,
@@ -812,7 +812,7 @@ def _print_summary(
     paced = "" if pace is None else f", paced at {pace:.0f}/s"
     print(
         f"{final.succeeded} {verb}, {final.failed} failed, {final.skipped} skipped, "
-        f"{not_started} not started, {tally.already} already {verb} "
+        f"{not_started} not started, {tally.already} already applied "
         f"(of {tally.total}); {final.requests} requests, {final.retries} retries, "
         f"{final.throttled} answered 429{paced}, {final.elapsed:.1f}s",
         # a dry run's standard output is one line per dataset, for pipes
