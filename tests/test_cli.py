@@ -526,3 +526,15 @@ async def test_a_connection_error_names_the_server_as_given(fake: FakeDatasetsSe
     assert f"cannot connect to http://localhost:{port}" in result.err
     assert "ssl" not in result.err
     assert "Traceback" not in result.err
+
+
+def test_the_client_takes_a_base_url_ending_in_v1_as_the_root() -> None:
+    """The library too: `.../v1` and `.../v1/` mean the API root; other paths are kept."""
+    from nebius_datasets_async import DatasetsClient
+
+    for given in ("https://api.example.com/v1", "https://api.example.com/v1/"):
+        assert DatasetsClient(api_key="k", base_url=given).base_url == "https://api.example.com"
+    proxied = DatasetsClient(api_key="k", base_url="https://proxy.example.com/nebius/v1")
+    assert proxied.base_url == "https://proxy.example.com/nebius"
+    kept = DatasetsClient(api_key="k", base_url="https://proxy.example.com/v1beta")
+    assert kept.base_url == "https://proxy.example.com/v1beta"
