@@ -735,7 +735,7 @@ async def _run_plan(
                         journal.write(outcome)
                     if outcome.status is OutcomeStatus.SKIPPED:
                         skipped[str(outcome.error)] += 1
-                    elif outcome.status is OutcomeStatus.FAILED:
+                    elif outcome.status is OutcomeStatus.FAILED and len(failed) < _MAX_LISTED:
                         failed.append(f"{outcome.update.dataset_id}  {_error_text(outcome)}")
                     if dry_run:
                         _print_check(outcome, as_json)
@@ -806,7 +806,7 @@ def _print_summary(
         return
     if not ctrl_c.abandoned and not args.dry_run:
         if failed:
-            print(f"failed ({len(failed)}):\n{_listed(failed, len(failed))}")
+            print(f"failed ({final.failed}):\n{_listed(failed, final.failed)}")
         for reason, count in skipped.most_common():
             print(f"skipped ({count}): {reason}")
     paced = "" if pace is None else f", paced at {pace:.0f}/s"
