@@ -32,6 +32,7 @@ import json
 import math
 import random
 import secrets
+import selectors
 import signal
 import socket
 import sys
@@ -40,7 +41,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -60,10 +61,14 @@ __all__ = [
     "MockTransport",
     "RecordedRequest",
     "ServerStats",
+    "VirtualLoop",
     "fake_dataset_id",
     "json_response",
     "make_dataset",
+    "run_virtual",
 ]
+
+T = TypeVar("T")
 
 _PREFIX = "/v1/datasets/"
 _JSON = "application/json"
@@ -648,6 +653,64 @@ def json_response(
     merged = CIMultiDict({"content-type": _JSON})
     merged.update(headers or {})
     return Response(status, CIMultiDictProxy(merged), body)
+
+
+class _NoSelector(selectors.BaseSelector):
+    """A selector with nothing to select: waiting moves a virtual clock instead."""
+
+    def __init__(self, loop: VirtualLoop) -> None:
+        self._loop = loop
+        self._keys: dict[int, selectors.SelectorKey] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._keys[fd] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return self._keys.pop(fd)
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:
+            raise RuntimeError("virtual time is stuck: every task waits and no timer is set")
+        self._loop.now += max(timeout, 0.0)
+        return []
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._keys
+
+    def close(self) -> None:
+        self._keys.clear()
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time, for tests of code that waits long (a 30 s
+    ``Retry-After``, a per-minute limit): when every task waits, the clock jumps to the next
+    timer, so an hour of waiting takes no time. ``loop.time()`` is the virtual clock:
+    ``asyncio.sleep``, ``wait_for`` and the client's deadlines run on it; give a
+    ``FlowControl(clock=loop.time)``. No socket can be used in it: pair it with
+    ``MockTransport``.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(selector=_NoSelector(self))
+
+    def time(self) -> float:
+        """The virtual clock, in seconds from the loop's creation."""
+        return self.now
+
+
+def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
+    """Run the coroutine function ``main`` on a new ``VirtualLoop`` and close it."""
+    loop = VirtualLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 class MockTransport:

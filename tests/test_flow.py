@@ -1,5 +1,5 @@
-"""The flow control (the gate), driven by a fake clock: exact and instant, plus its thread and
-event-loop behaviour with real loops.
+"""The gate (FlowControl) and its law, on virtual time: exact and instant. A few tests use real
+loops and threads, for what only they can show.
 """
 
 from __future__ import annotations
@@ -7,89 +7,60 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from nebius_datasets_async import APITimeoutError, Failure, FlowControl, InvalidArgumentError
+from nebius_datasets_async import (
+    APITimeoutError,
+    Failure,
+    FlowControl,
+    InvalidArgumentError,
+    RateLimitError,
+)
+from nebius_datasets_async._law import NOISE_MOST, Phase
 from nebius_datasets_async._protocol import RateLimits
+from nebius_datasets_async.testing import run_virtual
 
 NONE = RateLimits()
 
 
-class FakeClock:
-    """A clock that only moves when told to, and a sleep that moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.slept.append(delay)
-        self.now += delay
-        await asyncio.sleep(0)
+def virtual(body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body`` on a virtual-time loop."""
+    run_virtual(body)
 
 
-def make(clock: FakeClock, **kwargs: Any) -> FlowControl:
+def make(**kwargs: Any) -> FlowControl:
+    """A flow on the running (virtual) loop's clock."""
     kwargs.setdefault("max_concurrency", 64)
-    return FlowControl(clock=clock, sleep=clock.sleep, **kwargs)
+    return FlowControl(clock=asyncio.get_running_loop().time, **kwargs)
 
 
-async def answer(flow: FlowControl, clock: FakeClock, n: int, *, spacing: float = 0.0) -> None:
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def paced(flow: FlowControl, rate: float) -> None:
+    """Put the law in HOLDING at ``rate`` (as after a measured limit)."""
+    flow.law.phase = Phase.HOLDING
+    flow.law.rate = rate
+
+
+async def answer(flow: FlowControl, n: int, *, spacing: float = 0.0) -> None:
     """Admit and answer ``n`` requests, ``spacing`` seconds apart."""
     for _ in range(n):
         ticket = await flow.admit()
-        clock.now += spacing
+        await asyncio.sleep(spacing)
         flow.on_answer(ticket, NONE)
 
 
-async def test_concurrency_starts_gentle_and_grows_with_answers() -> None:
-    """The cap starts at initial_concurrency and grows by half a place per answer (slow
-    start: x1.5 a round trip).
-    """
-    clock = FakeClock()
-    flow = make(clock, initial_concurrency=2, max_concurrency=8)
-    a, b = await flow.admit(), await flow.admit()
-    third = asyncio.ensure_future(flow.admit())
-    await asyncio.sleep(0)
-    assert not third.done()
-    assert flow.state().waiting == 1
-    flow.on_answer(a, NONE)  # frees a place (the cap grows to 2.5): the waiter gets it
-    ticket = await asyncio.wait_for(third, 1)
-    assert flow.state().concurrency == 2
-    flow.on_answer(b, NONE)
-    flow.on_answer(ticket, NONE)
-    assert flow.state().concurrency == 3
-    assert flow.state().in_flight == 0
-
-
-async def throttle(flow: FlowControl, n: int) -> None:
-    """``n`` requests admitted together, all throttled (no Retry-After)."""
-    tickets = [await flow.admit() for _ in range(n)]
-    for ticket in tickets:
-        flow.on_throttle(ticket, None, NONE)
-
-
-async def paced(flow: FlowControl, clock: FakeClock, limit: float) -> float:
-    """Drive ``flow`` against a server admitting ``limit`` requests/s until its pace is
-    measured (first contact, then the throttle that ends the search); return the pace.
-    """
-    await answer(flow, clock, int(limit / 2), spacing=1 / limit)
-    await throttle(flow, 3)  # first contact
-    await answer(flow, clock, int(limit), spacing=1 / limit)
-    await throttle(flow, 3)  # ends the search: measured
-    rate = flow.state().rate
-    assert rate is not None
-    return rate
+# -- places ---------------------------------------------------------------------------------
 
 
 async def test_waiters_are_served_first_come_first_served() -> None:
     """Callers waiting for a place get it in the order they asked."""
-    clock = FakeClock()
-    flow = make(clock, initial_concurrency=1, max_concurrency=1)
+    flow = FlowControl(max_concurrency=1, initial_concurrency=1)
     first = await flow.admit()
     order: list[int] = []
 
@@ -107,8 +78,7 @@ async def test_waiters_are_served_first_come_first_served() -> None:
 
 async def test_cancelled_waiter_passes_its_place_on() -> None:
     """A waiter cancelled after being handed a place gives it to the next one."""
-    clock = FakeClock()
-    flow = make(clock, initial_concurrency=1, max_concurrency=1)
+    flow = FlowControl(max_concurrency=1, initial_concurrency=1)
     first = await flow.admit()
     doomed = asyncio.ensure_future(flow.admit())
     nxt = asyncio.ensure_future(flow.admit())
@@ -120,204 +90,334 @@ async def test_cancelled_waiter_passes_its_place_on() -> None:
     assert flow.state().in_flight == 0
 
 
-async def test_unpaced_until_the_first_throttle() -> None:
-    """Without a throttle nothing is paced; the first one starts the pace at a quarter of
-    what got through (which counts the server's burst too), then searches upward.
+def test_concurrency_starts_gentle_and_doubles_each_round_trip() -> None:
+    """The cap starts at initial_concurrency and grows by one per answer until the first sign
+    of pressure (slow start: x2 a round trip).
     """
-    clock = FakeClock()
-    flow = make(clock)
-    await answer(flow, clock, 100, spacing=0.005)  # 200 req/s got through for 0.5 s
-    assert flow.state().rate is None
-    assert clock.slept == []
-    await throttle(flow, 3)
-    first = flow.state().rate
-    assert first == pytest.approx(0.25 * 200, rel=0.05)
-    assert flow.state().pacing == "measured"
-    await answer(flow, clock, 60)  # back to back: the pace binds, and doubles as it searches
-    searched = flow.state().rate
-    assert searched is not None
-    assert searched > 2 * first
+
+    async def body() -> None:
+        flow = make(initial_concurrency=4, max_concurrency=64)
+        tickets = [await flow.admit() for _ in range(4)]
+        fifth = asyncio.ensure_future(flow.admit())
+        await asyncio.sleep(0)
+        assert not fifth.done()
+        for t in tickets:
+            flow.on_answer(t, NONE)
+        assert flow.state().concurrency == 8
+        flow.on_answer(await fifth, NONE)
+
+    virtual(body)
 
 
-async def test_throttle_while_saturated_measures_the_limit() -> None:
-    """A throttle after the search sets the pace just under what the server admitted over
-    the last round trips.
+# -- the schedule: nothing booked ahead -----------------------------------------------------
+
+
+def test_a_caller_that_leaves_gives_its_slot_back() -> None:
+    """Callers waiting for their pacing slot who leave (deadline, cancellation) hold nothing:
+    the callers behind them move up, one slot apart, with no gap where they were.
     """
-    clock = FakeClock()
-    flow = make(clock)
-    await paced(flow, clock, 100)
-    for _ in range(100):  # the server admits 100 req/s for a second, then throttles
-        t = await flow.admit()
-        flow.on_answer(t, NONE)
-        clock.now += 0.01
-    await throttle(flow, 3)
-    assert flow.state().rate == pytest.approx(0.97 * 100, rel=0.1)
+
+    async def body() -> None:
+        flow = make()
+        paced(flow, 10.0)
+        await answer(flow, 1)  # the schedule starts
+        admitted: list[float] = []
+
+        async def call() -> None:
+            t = await flow.admit()
+            admitted.append(now())
+            flow.on_answer(t, NONE)
+
+        start = now()
+        tasks = [asyncio.ensure_future(call()) for _ in range(10)]
+        await asyncio.sleep(0.01)
+        for task in tasks[2:7]:  # five leave while waiting
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(admitted) == 5
+        gaps = [b - a for a, b in itertools.pairwise(admitted)]
+        assert gaps == pytest.approx([0.1] * 4, abs=0.002)
+        assert admitted[-1] - start < 0.5 + 0.01
+
+    virtual(body)
 
 
-async def test_rare_throttles_among_many_successes_are_noise() -> None:
-    """A throttle or two among a second's worth of successes (a server refusing a tiny share
-    at random) does not pace anything; a few percent does.
+def test_a_change_of_pace_reaches_the_caller_at_the_head_at_once() -> None:
+    """The pace in force applies to the caller at the head of the queue: raising it lets the
+    queue go faster at once, and changes of pace never stop admissions.
     """
-    clock = FakeClock()
-    flow = make(clock)
-    await answer(flow, clock, 200, spacing=0.005)
-    await throttle(flow, 2)  # 1% of the last second's answers
-    assert flow.state().rate is None
-    await throttle(flow, 3)  # 2.5%
-    assert flow.state().rate is not None
+
+    async def body() -> None:
+        flow = make(max_concurrency=64)
+        paced(flow, 10.0)
+        admitted = 0
+
+        async def call() -> None:
+            nonlocal admitted
+            t = await flow.admit()
+            admitted += 1
+            flow.on_answer(t, NONE)
+
+        tasks = [asyncio.ensure_future(call()) for _ in range(400)]
+        for i in range(40):  # the pace changes every 50 ms for 2 s
+            flow.law.rate = 100.0 if i % 2 else 200.0
+            await asyncio.sleep(0.05)
+        assert admitted >= 0.9 * 2.0 * 150
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    virtual(body)
 
 
-async def test_throttles_from_before_a_cut_are_one_signal() -> None:
-    """Throttles answering requests admitted before the last cut do not cut again."""
-    clock = FakeClock()
-    flow = make(clock)
-    await answer(flow, clock, 20, spacing=0.01)
-    volley = [await flow.admit() for _ in range(10)]
-    flow.on_throttle(volley[0], 1.0, NONE)
-    rate = flow.state().rate
-    assert rate is not None
-    for ticket in volley[1:]:
-        flow.on_throttle(ticket, 1.0, NONE)
-    assert flow.state().rate == rate
-    assert flow.state().cuts == 1
-
-
-async def test_only_the_throttled_request_waits_retry_after() -> None:
-    """A 429 with Retry-After does not pause the gate: the next request is only paced."""
-    clock = FakeClock()
-    flow = make(clock)
-    await answer(flow, clock, 50, spacing=0.01)
-    flow.on_throttle(await flow.admit(), 30.0, NONE)
-    assert flow.state().paused_for == 0
-    before = clock.now
-    await flow.admit()
-    assert clock.now - before < 0.1
-
-
-async def test_a_server_refusing_everything_pauses_the_gate() -> None:
-    """A run of throttles with no success for a while (a used-up window) pauses everyone
-    for the Retry-After.
+def test_deadline_while_waiting_raises_and_holds_nothing() -> None:
+    """A deadline that passes while waiting for a place or a slot raises APITimeoutError; the
+    place and the slot are free at once.
     """
-    clock = FakeClock()
-    flow = make(clock)
-    await answer(flow, clock, 10, spacing=0.01)
-    clock.now += 0.2
-    tickets = [await flow.admit() for _ in range(6)]
-    for t in tickets:
-        flow.on_throttle(t, 7.0, NONE)
-    assert flow.state().paused_for == pytest.approx(7.0)
-    before = clock.now
-    t = await flow.admit()
-    assert clock.now - before == pytest.approx(7.0)
-    flow.on_answer(t, NONE)
+
+    async def body() -> None:
+        flow = make(max_concurrency=1, initial_concurrency=1)
+        held = await flow.admit()
+        with pytest.raises(APITimeoutError):
+            await flow.admit(deadline=now() + 0.05)
+        flow.on_answer(held, NONE)
+        assert flow.state().in_flight == 0
+        assert flow.state().waiting == 0
+        started = now()
+        flow.on_answer(await flow.admit(), NONE)  # an idle gate sends at once
+        assert now() == started
+
+    virtual(body)
 
 
-async def test_503_with_retry_after_pauses_every_request() -> None:
-    """A 503 carrying Retry-After pauses the whole gate."""
-    clock = FakeClock()
-    flow = make(clock)
-    flow.on_throttle(await flow.admit(), 2.0, NONE, pause=True)
-    before = clock.now
-    await flow.admit()
-    assert clock.now - before == pytest.approx(2.0)
+# -- holds -------------------------------------------------------------------------------
 
 
-async def test_pacing_spaces_requests_one_slot_apart() -> None:
-    """Once paced at R, requests leave about 1/R apart (the pace creeps up slowly)."""
-    clock = FakeClock()
-    flow = make(clock)
-    rate = await paced(flow, clock, 50)
-    clock.now += 0.5
-    times = []
-    for _ in range(6):
-        t = await flow.admit()
-        times.append(clock.now)
-        flow.on_answer(t, NONE)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(g == pytest.approx(1 / rate, rel=0.1) for g in gaps[1:])
+def test_a_long_retry_after_holds_everyone_a_short_one_only_its_request() -> None:
+    """A Retry-After longer than a second is the rest of a window: everyone waits it. A
+    short one concerns the refused request (the retry loop waits it).
+    """
+
+    async def body() -> None:
+        flow = make()
+        await answer(flow, 20, spacing=0.01)
+        flow.on_throttle(await flow.admit(), 0.5, NONE)
+        assert flow.state().paused_for < 0.05  # a round trip at first contact, no more
+        flow.on_throttle(await flow.admit(), 30.0, NONE)
+        assert flow.state().paused_for == pytest.approx(30.0)
+        started = now()
+        flow.on_answer(await flow.admit(), NONE)
+        assert now() - started == pytest.approx(30.0)
+
+    virtual(body)
 
 
-async def test_rate_probes_up_only_while_pacing_binds() -> None:
-    """A paced rate creeps up while requests wait for slots, and holds when they do not."""
-    clock = FakeClock()
-    flow = make(clock)
-    start = await paced(flow, clock, 50)
-    await answer(flow, clock, 100)  # back to back: every one waits for its slot
-    grown = flow.state().rate
-    assert grown is not None
-    assert grown > start
-    clock.now += 5
-    await answer(flow, clock, 5, spacing=2.0)  # an idle service: pacing does not bind
-    assert flow.state().rate == pytest.approx(grown, rel=0.01)
+def test_a_hold_longer_than_max_wait_fails_waiting_callers_within_a_second() -> None:
+    """Callers already waiting when a hold longer than they allow begins fail at once with
+    RateLimitError carrying when to try again; new callers too.
+    """
+
+    async def body() -> None:
+        flow = make(max_concurrency=1, initial_concurrency=1)
+        held = await flow.admit()
+        waiting = asyncio.ensure_future(flow.admit(max_wait=60.0))
+        await asyncio.sleep(0.1)
+        started = now()
+        flow.on_throttle(held, 3600.0, NONE, pause=True)
+        with pytest.raises(RateLimitError) as caught:
+            await waiting
+        assert now() - started < 1.0
+        assert caught.value.retry_after == pytest.approx(3600.0, abs=1.0)
+        with pytest.raises(RateLimitError):
+            await flow.admit(max_wait=60.0)
+        assert flow.state().waiting == 0
+
+    virtual(body)
 
 
-async def test_quota_headers_pace_without_probing() -> None:
-    """With remaining and reset headers the pace is what remains over the time to reset."""
-    clock = FakeClock()
-    flow = make(clock)
-    t = await flow.admit()
-    flow.on_answer(t, RateLimits(remaining=500, limit=1000, reset=5.0))
-    state = flow.state()
-    assert state.pacing == "headers"
-    assert state.rate == pytest.approx(100)
-    await answer(flow, clock, 30)
-    assert flow.state().rate == pytest.approx(100)  # no probing
+def test_a_closed_limit_is_asked_one_request_at_a_time_with_a_growing_backoff() -> None:
+    """Refused again and again with nothing getting through and no Retry-After: everyone
+    waits a backoff that doubles (0.25 s, 0.5 s, ...), and one request at a time asks whether
+    the limit opened; it is never hammered.
+    """
+
+    async def body() -> None:
+        flow = make()
+        await answer(flow, 10, spacing=0.01)
+        sent: list[float] = []
+
+        async def refused_request() -> None:
+            t = await flow.admit()
+            sent.append(now())
+            await asyncio.sleep(0.01)
+            flow.on_throttle(t, None, NONE)
+
+        for _ in range(8):  # a volley all refused, then the gate holds
+            await asyncio.gather(*(refused_request() for _ in range(1)))
+        started = now()
+        for _ in range(6):
+            await refused_request()
+        assert flow.state().phase == "measuring"
+        gaps = [b - a for a, b in itertools.pairwise(sent[-6:])]
+        assert all(b >= a for a, b in itertools.pairwise(gaps))  # growing
+        assert now() - started > 3.0  # six requests took seconds, not milliseconds
+
+    virtual(body)
 
 
-async def test_quota_headers_hold_until_reset_when_nothing_remains() -> None:
+# -- pace --------------------------------------------------------------------------------
+
+
+def test_unpaced_until_the_first_throttle() -> None:
+    """Without a throttle nothing is paced."""
+
+    async def body() -> None:
+        flow = make()
+        await answer(flow, 100, spacing=0.005)
+        assert flow.state().rate is None
+        assert flow.state().phase == "open"
+
+    virtual(body)
+
+
+def test_first_contact_measures_what_the_server_admits_after_its_burst() -> None:
+    """At the first throttle the gate sends nothing for a round trip and judges its answers:
+    mostly refusals mean a limit, and what gets through from then on bounds the pace.
+    """
+
+    async def body() -> None:
+        flow = make()
+        await answer(flow, 30, spacing=0.001)
+        tickets = [await flow.admit() for _ in range(20)]
+        await asyncio.sleep(0.02)
+        for t in tickets[:16]:
+            flow.on_throttle(t, None, NONE)
+        assert flow.state().paused_for > 0  # nothing leaves until the answers tell
+        await asyncio.sleep(0.02)
+        for t in tickets[16:]:
+            flow.on_answer(t, NONE)
+        assert flow.state().phase == "measuring"
+        # what gets through from then on (about 100/s) bounds the pace within a second
+        for i in range(300):
+            t = await flow.admit()
+            await asyncio.sleep(0.002)
+            if i % 5 == 0:
+                flow.on_answer(t, NONE)
+            else:
+                flow.on_throttle(t, None, NONE)
+        rate = flow.state().rate
+        assert rate is not None
+        assert rate < 150
+
+    virtual(body)
+
+
+def test_refusals_that_slowing_down_does_not_reduce_are_noise() -> None:
+    """429s at 5% whatever the pace: after the law slowed down and they went on at the same
+    share, its cuts are undone; the gate ends unpaced, refusals at that share pass.
+    """
+
+    async def body() -> None:
+        flow = make()
+        for k in range(1, 3001):
+            t = await flow.admit()
+            await asyncio.sleep(0.0005)
+            if k % 20 == 0:
+                flow.on_throttle(t, None, NONE)
+            else:
+                flow.on_answer(t, NONE)
+        assert flow.state().rate is None or flow.state().phase != "measuring"
+        assert flow.law._noise  # learned
+
+    virtual(body)
+
+
+def test_quota_headers_pace_without_probing() -> None:
+    """A quota that refills (a reset that stays about its span) paces at limit over reset."""
+
+    async def body() -> None:
+        flow = make()
+        for _ in range(6):
+            t = await flow.admit()
+            await asyncio.sleep(0.2)
+            flow.on_answer(t, RateLimits(remaining=500, limit=1000, reset=10.0))
+        state = flow.state()
+        assert state.pacing == "headers"
+        assert state.rate == pytest.approx(0.97 * 100, rel=0.01)
+
+    virtual(body)
+
+
+def test_quota_headers_hold_until_reset_when_nothing_remains() -> None:
     """remaining 0 holds new requests until the reset; no throttle is needed."""
-    clock = FakeClock()
-    flow = make(clock)
-    t = await flow.admit()
-    flow.on_answer(t, RateLimits(remaining=0, reset=3.0))
-    assert flow.state().paused_for == pytest.approx(3.0)
-    before = clock.now
-    await flow.admit()
-    assert clock.now - before == pytest.approx(3.0)
+
+    async def body() -> None:
+        flow = make()
+        t = await flow.admit()
+        flow.on_answer(t, RateLimits(remaining=0, limit=60, reset=3.0))
+        assert flow.state().paused_for == pytest.approx(3.0)
+        started = now()
+        await flow.admit()
+        assert now() - started == pytest.approx(3.0)
+
+    virtual(body)
 
 
-async def test_overload_cuts_concurrency_once_per_round() -> None:
+def test_the_reported_pace_is_the_pace_in_force() -> None:
+    """FlowState.rate is the pace the gate holds now (the law's bound included)."""
+
+    async def body() -> None:
+        flow = make()
+        paced(flow, 50.0)
+        assert flow.state().rate == 50.0
+        assert flow.state().rate == flow.law.pace(now())
+
+    virtual(body)
+
+
+# -- busy servers, budget ------------------------------------------------------------------
+
+
+def test_overload_cuts_concurrency_once_per_round() -> None:
     """503s without Retry-After cut the cap once for requests in flight together."""
-    clock = FakeClock()
-    flow = make(clock, initial_concurrency=40, max_concurrency=40)
-    tickets = [await flow.admit() for _ in range(20)]
-    for t in tickets:
-        flow.on_failure(t, Failure.OVERLOAD)
-    assert flow.state().concurrency == 28
-    t = await flow.admit()
-    flow.on_failure(t, Failure.OVERLOAD)
-    assert flow.state().concurrency == 19
+
+    async def body() -> None:
+        flow = make(initial_concurrency=40, max_concurrency=40)
+        tickets = [await flow.admit() for _ in range(20)]
+        await asyncio.sleep(0.01)
+        for t in tickets:
+            flow.on_failure(t, Failure.OVERLOAD)
+        assert flow.state().concurrency in (28, 27)  # 40 x 0.7 (one cut)
+        cut = flow.state().concurrency
+        tickets = [await flow.admit() for _ in range(3)]
+        await asyncio.sleep(0.01)
+        for t in tickets:
+            flow.on_failure(t, Failure.OVERLOAD)
+        assert flow.state().concurrency == int(cut * 0.7) or flow.state().concurrency < cut
+
+    virtual(body)
 
 
-async def test_budget_pays_for_failures_not_for_busy_servers() -> None:
+def test_budget_pays_for_failures_not_for_busy_servers() -> None:
     """Failures spend the budget (timeouts twice as much); answers give a little back; the
     server counts as busy (not down) while answers came in the last two seconds.
     """
-    clock = FakeClock()
-    flow = make(clock, retry_budget=20)
-    assert flow.retry_allowed(Failure.ERROR)  # 15 left
-    assert flow.retry_allowed(Failure.TIMEOUT)  # 5 left
-    assert not flow.retry_allowed(Failure.TIMEOUT)
-    assert flow.retry_allowed(Failure.ERROR)  # 0 left
-    assert not flow.retry_allowed(Failure.ERROR)
-    assert not flow.busy()  # nothing succeeded lately: 503s mean an outage
-    await answer(flow, clock, 5)
-    assert flow.state().budget == 5
-    assert flow.busy()  # answers lately: 503s mean a busy server, paced not paid for
-    clock.now += 2.5
-    assert not flow.busy()
 
+    async def body() -> None:
+        flow = make(retry_budget=20)
+        assert flow.retry_allowed(Failure.ERROR)  # 15 left
+        assert flow.retry_allowed(Failure.TIMEOUT)  # 5 left
+        assert not flow.retry_allowed(Failure.TIMEOUT)
+        assert flow.retry_allowed(Failure.ERROR)  # 0 left
+        assert not flow.retry_allowed(Failure.ERROR)
+        assert not flow.busy()
+        await answer(flow, 5)
+        assert flow.state().budget == 5
+        assert flow.busy()
+        await asyncio.sleep(2.5)
+        assert not flow.busy()
 
-async def test_deadline_while_waiting_raises_and_holds_nothing() -> None:
-    """A deadline that passes while waiting raises APITimeoutError; the place is freed."""
-    flow = FlowControl(max_concurrency=1, initial_concurrency=1)
-    held = await flow.admit()
-    loop = asyncio.get_running_loop()
-    with pytest.raises(APITimeoutError):
-        await flow.admit(deadline=loop.time() + 0.05)
-    flow.on_answer(held, NONE)
-    assert flow.state().in_flight == 0
-    assert flow.state().waiting == 0
+    virtual(body)
 
 
 def test_bad_settings_are_refused() -> None:
@@ -365,17 +465,20 @@ def test_one_flow_serves_many_threads_and_loops() -> None:
     assert flow.state().in_flight == 0
 
 
-async def test_history_stays_bounded_in_a_long_lived_service() -> None:
-    """An hour of answers and throttles without a cut keeps only the last seconds of them."""
-    clock = FakeClock()
-    flow = make(clock)
-    for _ in range(3600):
-        ticket = await flow.admit()
-        clock.now += 1.0
-        flow.on_answer(ticket, NONE)
-    assert len(flow._ok_times) <= 3  # type: ignore[attr-defined]
-    for _ in range(100):
-        ticket = await flow.admit()
-        clock.now += 1.0
-        flow.on_throttle(ticket, None, NONE)
-    assert len(flow._throttle_times) <= 2  # type: ignore[attr-defined]
+def test_history_stays_bounded_in_a_long_lived_service() -> None:
+    """An hour of answers and throttles keeps a bounded history."""
+
+    async def body() -> None:
+        flow = make()
+        for i in range(7200):
+            ticket = await flow.admit()
+            await asyncio.sleep(0.5)
+            if i % 7 == 0:
+                flow.on_throttle(ticket, None, NONE)
+            else:
+                flow.on_answer(ticket, NONE)
+        law = flow.law
+        assert len(law._oks) <= 64
+        assert all(len(trial.flags) <= NOISE_MOST for trial in law._trials.values())
+
+    virtual(body)

@@ -61,13 +61,15 @@ def test_policy_refuses_nonsense(kwargs: dict[str, float]) -> None:
 async def test_retryable_status_is_retried_then_succeeds(
     fake: FakeDatasetsServer, status: int
 ) -> None:
-    """A retryable status is retried with the policy's delay and the call then succeeds."""
+    """A retryable status is retried with the policy's delay and the call then succeeds. A
+    429 without Retry-After is retried without a delay of its own: the gate paces it.
+    """
     sleep = SleepRecorder()
     async with fake.client(_sleep=sleep, _rand=lambda: 1.0) as client:
         fake.fail_next(2, status=status)
         ds = await client.rename(fake.dataset_ids[0], "after-retries")
     assert ds.name == "after-retries"
-    assert sleep.delays == [0.5, 1.0]
+    assert sleep.delays == ([0.0, 0.0] if status == 429 else [0.5, 1.0])
     assert len(fake.requests) == 3
     assert fake.store[fake.dataset_ids[0]]["name"] == "after-retries"
 
@@ -108,13 +110,36 @@ async def test_gives_up_after_max_attempts(fake: FakeDatasetsServer) -> None:
     assert len(sleep.delays) == 2
 
 
-async def test_retry_after_seconds_is_honoured(fake: FakeDatasetsServer) -> None:
-    """The retry after a 429 waits at least the server's Retry-After."""
+async def test_a_short_retry_after_is_waited_by_its_request(fake: FakeDatasetsServer) -> None:
+    """A short Retry-After (a second at most, a token bucket's) delays the throttled request's
+    own retry by exactly that much.
+    """
     sleep = SleepRecorder()
     async with fake.client(_sleep=sleep, _rand=lambda: 0.0) as client:
-        fake.fail_next(1, status=429, retry_after=7)
+        fake.fail_next(1, status=429, retry_after=0.75)
         await client.get_dataset(fake.dataset_ids[0])
-    assert sleep.delays == [7.0]
+    assert sleep.delays == [0.75]
+
+
+async def test_a_long_retry_after_holds_every_request(fake: FakeDatasetsServer) -> None:
+    """A long Retry-After (the rest of a window) is a wait for everyone: the gate holds every
+    request, the throttled one included, until it ends; nothing is sent meanwhile.
+    """
+    async with fake.client() as client:
+        fake.fail_next(1, status=429, retry_after=1.5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = asyncio.ensure_future(client.get_dataset(fake.dataset_ids[0]))
+        await asyncio.sleep(0.2)
+        assert client.flow.state().paused_for > 1.0
+        second = await client.get_dataset(fake.dataset_ids[1])
+        await first
+    assert loop.time() - started >= 1.5
+    assert second.id == fake.dataset_ids[1]
+    # the throttled request, then both after the hold
+    times = [r.received_at for r in fake.requests]
+    assert len(times) == 3
+    assert min(times[1:]) - times[0] >= 1.5 - 0.05
 
 
 async def test_retry_after_longer_than_allowed_raises_at_once(fake: FakeDatasetsServer) -> None:

@@ -1,0 +1,714 @@
+"""The flow-control law: how fast to send, how many at once, when everyone waits.
+
+A pure state machine: numbers in (what was sent, what was answered, the time), decisions out
+(a pace, a concurrency cap, a pause, a quota). No asyncio, no locks, no I/O: the gate
+(``FlowControl``) holds it under its lock and does the waiting; the simulator
+(``benchmarks/simulator.py``) and the unit tests drive it on virtual time. ``docs/flow-control.md``
+describes the law once; the names below follow it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+
+import attrs
+
+from ._protocol import RateLimits
+
+__all__ = ["Law", "Phase", "Refusal", "QuotaReader", "RetryBudget", "Hold"]
+
+# Every constant of the law lives here, once.
+HEADROOM = 0.97  # the pace sits this far under the rate the server was measured to admit
+CUT = 0.85  # a throttle that measures nothing new cuts the pace to this share of itself
+FIRST_SHARE = 0.5  # first contact: the pace starts at this share of what got through lately
+INITIAL_CAP = 8  # requests in flight at the start, doubling each round trip (slow start)
+BUSY_CUT = 0.7  # a busy server's 503 cuts the concurrency cap to this share, once a round
+LONG_WAIT = 1.0  # seconds: a Retry-After longer than this is a wait for everyone
+BLOCKED_STREAK = 3  # refusals in a row with no success ...
+BLOCKED_QUIET = 0.1  # ... for this long (or two round trips): the limit is closed
+FIRST_BACKOFF = 0.25  # seconds everyone waits when blocked and no Retry-After says how long
+MAX_BACKOFF = 30.0  # ... doubling each time, at most this
+QUIET_SUCCESSES = 20  # the pace holds this many successes' worth of time after a refusal ...
+QUIET_SECONDS = 2.0  # ... and at least this long, before probing upward
+PROBE = 0.02  # the first probe speed: a share of the pace per second ...
+PROBE_DOUBLING = 0.75  # ... doubling every 0.75 s past where the limit was met ...
+MAX_PROBE = 1.0  # ... up to this (the pace then grows e-fold a second)
+PROBE_STEP = 0.05  # ... and by at most this share of itself a success
+PROBE_NEAR = 1.05  # ... but only creeps while under this multiple of where the limit was met
+SEARCH_DOUBLING = 0.1  # seconds (or two round trips, or four paced sends) to double a search
+SEARCH_UP_TO = 0.9  # a search stops at this share of the pace the last rate signal came at
+CONTACT_ANSWERS = 8  # first contact: answers (over a round trip at least) that judge it ...
+CONTACT_SHARE = 0.15  # ... a limit if this share of them was refused, else noise
+WINDOW = 2.0  # seconds closed: a window's, not a bucket's (which refills sooner)
+CLOSED_SHARE = 0.8  # ... closed if this share was refused and at most one passed
+ROUND_ANSWERS = 3  # answers a round needs before it is judged (first contact: one)
+MEASURE_SUCCESSES = 4  # successes since refusals began that measure the limit
+NOISE_ANSWERS = 40  # answers after a cut that tell whether its refusals were noise (at
+NOISE_MOST = 300  # least three refusals' worth at the share before, at most this many)
+NOISE_DROP = 0.5  # ... they were if the refused share stayed between this share of before
+# and twice it (slowing down did not change it)
+NOISE_MOST_SHARE = 0.2  # ... refused shares above this are never noise
+NOISE_SLOWER = 0.9  # ... and only if the pace fell at least this much between the halves
+NOISE_FLOOR = 0.005  # a learned noise share under this is none
+NOISE_MARGIN = 2.0  # a share under this multiple of the learned noise is noise
+MIN_RATE = 0.5  # requests per second: the slowest pace (a default of the gate)
+BUDGET_REFUND = 1.0  # tokens an answered request gives back to the retry budget
+
+
+class Phase(enum.Enum):
+    """Where the pace comes from."""
+
+    #: No pace: only the concurrency cap bounds sends (it doubles each round trip until the
+    #: first sign of pressure).
+    OPEN = "open"
+    #: Refused lately: the pace follows what the server admitted since the refusals began
+    #: (while it refuses, that is exactly its limit).
+    MEASURING = "measuring"
+    #: Under a limit last seen well above the pace (or never measured): the pace doubles
+    #: every few round trips while it holds requests back, up to near that limit.
+    SEARCHING = "searching"
+    #: Under the limit: the pace holds; after a quiet spell it probes upward, ever faster.
+    HOLDING = "holding"
+    #: The server's quota headers pace (what remains over the time to the reset).
+    HEADERS = "headers"
+
+
+class Refusal(enum.Enum):
+    """What a refused request says about the server."""
+
+    #: 429 (or 503 with Retry-After): too fast, or refused at random by a gateway.
+    THROTTLE = "throttle"
+    #: 503 without Retry-After while other requests succeed: too many at once.
+    BUSY = "busy"
+
+
+@attrs.define(slots=True)
+class Hold:
+    """A wait for everyone: nothing is sent before ``until`` (a clock value)."""
+
+    until: float = -math.inf
+    #: why: "retry-after", "blocked", "quota"
+    reason: str = ""
+    #: consecutive holds without a success in between (the backoff doubles with it)
+    count: int = 0
+    #: when it was set: refusals of requests sent before then are the same signal
+    set_at: float = -math.inf
+
+
+class QuotaReader:
+    """Reads ``x-ratelimit-*`` headers into a quota: how many requests may leave before the
+    reset, or a refilling pace.
+
+    A reset that counts down with the clock is a fixed window: what remains is spread over the
+    time to the reset, and nothing leaves when nothing remains. A reset that
+    stays about constant is a quota that refills as it goes (a sliding window, a bucket): pace
+    at ``limit`` over the reset, or at what remains over it when no limit is sent.
+    """
+
+    def __init__(self) -> None:
+        self.rate: float | None = None  # a refilling quota's pace
+        self.left: float | None = None  # requests that may leave before the reset
+        self.reset_at = -math.inf  # when the window's quota is whole again
+        self._last_reset: tuple[float, float] | None = None
+        self._fixed = 0  # > 0: the reset counts down (a fixed window); < 0: it refills
+        self._longest = 0.0  # the longest reset seen (a fixed window's whole span)
+        self._asking = False  # after a reset: the next reading is the new window's
+        self.seen_at = -math.inf
+
+    @property
+    def active(self) -> bool:
+        return self.rate is not None or self.left is not None
+
+    def read(self, now: float, limits: RateLimits, in_flight: int) -> None:
+        """An answer's headers, with ``in_flight`` of ours sent and not answered (the server
+        has not counted them yet, or counted them in ``remaining`` already: either way they
+        are spent).
+        """
+        remaining = limits.remaining
+        if remaining is None:
+            return
+        self.seen_at = now
+        left = float(remaining - max(in_flight, 0))
+        reset = limits.reset
+        if reset is None or reset <= 0:
+            # No reset time: nothing to pace by; when nothing is left, wait a moment.
+            self.rate = None
+            self.left = left if left <= 0 else None
+            self.reset_at = now + 1.0
+            return
+        self._longest = max(self._longest, reset)
+        previous = self._last_reset
+        if previous is None:
+            self._last_reset = (now, reset)
+        elif now - previous[0] >= previous[1] and reset >= 0.9 * self._longest:
+            self._last_reset = (now, reset)  # a fresh window after that one: compare from here
+        elif now - previous[0] >= max(0.1, 0.1 * previous[1]):
+            elapsed = now - previous[0]
+            counted_down = abs(previous[1] - elapsed - reset) <= 0.25 * elapsed
+            self._fixed = max(-3, min(3, self._fixed + (1 if counted_down else -1)))
+            self._last_reset = (now, reset)
+        if self._fixed < 0:
+            # a refilling quota: its limit over its span, or what remains over the reset
+            quota = float(limits.limit) if limits.limit is not None else max(left, 1.0)
+            self.rate = HEADROOM * quota / reset
+            self.left = None if left > 0 else 0.0
+            self.reset_at = now + (reset / quota if quota > 0 else reset)
+        else:
+            # a fixed window (or not known yet): what remains may leave now. Answers come
+            # back out of order: within one window, the least that remains is the truth.
+            same_window = (
+                self.left is not None
+                and not self._asking
+                and abs(now + reset - self.reset_at) < max(0.1 * reset, 0.05)
+            )
+            self._asking = False
+            self.left = min(self.left, left) if same_window and self.left is not None else left
+            self.reset_at = now + reset
+            # what remains, spread over the time to the reset (the window's quota is spent
+            # evenly, so requests in flight never overrun it at the boundary)
+            self.rate = max(self.left, 1.0) / reset if self._fixed > 0 else None
+
+    def spend(self) -> None:
+        if self.left is not None:
+            self.left -= 1
+
+    def blocks(self, now: float) -> float:
+        """Seconds until the quota lets a request leave (0: now)."""
+        if self.left is not None and self.left < 1 and now < self.reset_at:
+            return self.reset_at - now
+        if self.left is not None and now >= self.reset_at and self.left < 1:
+            # the window reset: one request asks what it holds now (another a second later
+            # if no answer tells)
+            self.left = 1.0
+            self.reset_at = now + 1.0
+            self._asking = True
+        return 0.0
+
+
+class RetryBudget:
+    """Tokens that retries of failures spend and answers give back (botocore's retry quota):
+    when it runs dry, failures are no longer retried, so a dead server costs about one request
+    per call.
+    """
+
+    def __init__(self, capacity: float | None) -> None:
+        self.capacity = math.inf if capacity is None else float(capacity)
+        self.tokens = self.capacity
+
+    def refund(self, tokens: float = BUDGET_REFUND) -> None:
+        if self.tokens < self.capacity:
+            self.tokens = min(self.capacity, self.tokens + tokens)
+
+    def spend(self, cost: float) -> bool:
+        if self.tokens < cost:
+            return False
+        self.tokens -= cost
+        return True
+
+
+class _Trial:
+    """The refusals of one kind since the law first slowed down for them: if they go on at
+    the same share although it slowed down, they are noise (refused at random, whatever the
+    pace), and what it did for them is undone.
+    """
+
+    __slots__ = ("before", "flags", "kind", "paces")
+
+    def __init__(self, kind: Refusal, before: tuple[float | None, float, Phase, bool]) -> None:
+        self.kind = kind
+        #: what the law did before (pace, cap, phase, slow start), to restore
+        self.before = before
+        #: whether each answer since was refused this way, and the pace (or cap) then
+        self.flags: list[bool] = []
+        self.paces: list[float] = []
+
+    def add(self, refused: bool, pace: float) -> float | None:
+        """Count one answer; return the noise share once the answers say it is noise: as
+        many refused in the second half as in the first, although the pace fell between.
+        """
+        flags = self.flags
+        if len(flags) >= NOISE_MOST:
+            return None
+        flags.append(refused)
+        self.paces.append(pace)
+        n = len(flags)
+        count = sum(flags)
+        if count < 4 or n < NOISE_ANSWERS or count > NOISE_MOST_SHARE * n:
+            return None
+        share = count / n
+        if n < min(NOISE_MOST, 3.0 / share):
+            return None
+        half = n // 2
+        first, second = sum(flags[:half]) / half, sum(flags[half:]) / (n - half)
+        slower = sum(self.paces[half:]) / (n - half) <= NOISE_SLOWER * sum(self.paces[:half]) / half
+        return share if slower and second >= NOISE_DROP * first else None
+
+
+class Law:
+    """The flow-control law. See ``docs/flow-control.md``; every method is a transition and
+    takes the time ``now`` from the gate's clock.
+
+    Read by the gate: ``phase``, ``pace(now)`` (``None``: unpaced), ``cap``,
+    ``wait_for_hold(now)``, ``quota``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        initial_concurrency: int = INITIAL_CAP,
+        min_rate: float = MIN_RATE,
+        probe: float = PROBE,
+        decrease: float = BUSY_CUT,
+        now: float = 0.0,
+    ) -> None:
+        self.max_cap = max_concurrency
+        self.cap = float(min(initial_concurrency, max_concurrency))
+        self.min_rate = min_rate
+        self.probe = probe
+        self.decrease = decrease
+        self.phase = Phase.OPEN
+        self.rate: float | None = None
+        self.hold = Hold()
+        self.quota = QuotaReader()
+        self.slow_start = True
+        self.latency = 0.0  # smoothed send-to-answer time
+        self._latency_samples = 0
+        self.cuts = 0
+        # MEASURING: since when refusals go on, and the successes since
+        self._episode_start = now
+        self._episode_oks = 0
+        self._episode_refused = 0  # refusals of requests sent since it began
+        self._last_refusal = -math.inf
+        self._last_signal = -math.inf  # the last refusal that was not noise
+        self._limit_seen = math.inf  # the pace at which the last rate signal came
+        self._probe_pace: float | None = None  # blocked: one request a hold
+        # first contact: answers received in the round trip after the first refusal
+        self._contact_at: float | None = None
+        self._contact = [0, 0, 0]  # answers, refused, successes
+        self._retry_after: float | None = None  # of the last refusal
+        self._contact_waited = False  # first contact restarted after a long Retry-After
+        self._reopening = False  # a window reopens after a long Retry-After: not measuring
+        self._beyond = now  # when the probe passed where the limit was last met
+        self._after_block = False  # searching up since a closed limit opened
+        self._blocked_since = math.inf  # when the limit last closed
+        self._last_cut = -math.inf  # answers to requests sent before it are the same signal
+        self._last_growth = now
+        self._last_bound = -math.inf  # the last time pacing held a request back
+        self._streak = 0  # refusals in a row
+        self._last_ok = -math.inf
+        self._noise: dict[Refusal, float] = {Refusal.THROTTLE: 0.0, Refusal.BUSY: 0.0}
+        # what the law did for each kind of refusal, on trial until they stop (or prove noise)
+        self._trials: dict[Refusal, _Trial] = {}
+        self._last_busy = -math.inf
+        self._oks: deque[float] = deque(maxlen=64)  # answer times of the last successes
+        # the current round: answers to requests sent after the last decision
+        self._round_answers = 0
+        self._round_refused = 0
+        self._pending: Refusal | None = None  # a refusal of this round waits for a verdict
+
+    # -- what the gate reads -----------------------------------------------------------------
+
+    def pace(self, now: float) -> float | None:
+        """The pace in force now, in requests per second (``None``: unpaced)."""
+        if self.phase is Phase.HEADERS:
+            return self.quota.rate
+        rate = self.rate
+        if rate is None or self.phase is not Phase.MEASURING:
+            return rate
+        if self._probe_pace is not None:
+            rate = min(rate, self._probe_pace)
+        # While refusals go on, the server admits exactly its limit: what it admitted since
+        # they began bounds the pace (one success more than seen, which shrinks with time,
+        # so a pace far above the limit falls fast with few refusals on the way).
+        span = now - self._episode_start
+        if span <= 0 or self._reopening:
+            return rate
+        noise = self._noise[Refusal.THROTTLE]
+        bound = HEADROOM * (self._episode_oks + 1) / (span * (1.0 - min(noise, 0.5)))
+        return max(min(rate, bound), self.min_rate)
+
+    def rate_cap(self) -> float:
+        """The pace's ceiling, before the measuring bound (``inf``: none)."""
+        return math.inf if self.rate is None else self.rate
+
+    def wait_for_hold(self, now: float) -> float:
+        """Seconds until everyone may send again (0: now)."""
+        wait = max(self.hold.until - now, 0.0)
+        if self.quota.left is not None:
+            wait = max(wait, self.quota.blocks(now))
+        return wait
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def sent(self, now: float) -> None:
+        """A request leaves."""
+        self.quota.spend()
+
+    def bound(self, now: float) -> None:
+        """Pacing held a request back: the pace is what limits the flow (it may probe)."""
+        self._last_bound = now
+
+    def answered(self, now: float, sent_at: float) -> None:
+        """A request was answered by a server that admitted it (a success, or an error that is
+        the request's own).
+        """
+        self._measure_latency(now - sent_at)
+        self._streak = 0
+        self._last_ok = now
+        self.hold.count = 0
+        self._oks.append(now)
+        self._episode_oks += 1
+        closed = now - self._blocked_since
+        if self._probe_pace is not None and self.phase is Phase.MEASURING and closed > WINDOW:
+            # A limit closed for seconds let one through: a window reopened with its whole
+            # quota (a bucket refills within a second or two). Search up fast from the
+            # probe's pace, measured afresh (the time it was closed says nothing of its rate).
+            self.rate = max(2.0 * self._probe_pace, self.min_rate)
+            self.phase = Phase.SEARCHING
+            self._after_block = True
+            self._trials.pop(Refusal.THROTTLE, None)
+        self._probe_pace = None
+        for trial in list(self._trials.values()):
+            self._judge(trial, now, refused=False)
+        busy = self._trials.get(Refusal.BUSY)
+        if busy is not None and now - self._last_busy > max(1.0, 10.0 * self.latency):
+            del self._trials[Refusal.BUSY]  # the cap cut ended them: a busy server's
+        if self._contact_at is not None and now >= self._contact_at:
+            self._contact[0] += 1
+            self._contact[2] += 1
+            self._contacted(now)
+        if sent_at >= self._last_cut:
+            self._round_answers += 1
+            if self._pending is not None:
+                self._decide(now)
+        if self.cap < self.max_cap:
+            step = 1.0 if self.slow_start else 1.0 / self.cap
+            self.cap = min(float(self.max_cap), self.cap + step)
+        self._grow(now)
+
+    def refused(self, now: float, sent_at: float, kind: Refusal, retry_after: float | None) -> None:
+        """A request was refused: ``kind`` says how; ``retry_after`` is the server's wait."""
+        self._measure_latency(now - sent_at)
+        self._streak += 1
+        self._retry_after = retry_after
+        self.slow_start = False
+        if kind is Refusal.BUSY:
+            self._last_busy = now
+        elif sent_at >= self._episode_start:
+            self._episode_refused += 1
+            self._last_refusal = now
+        for trial in list(self._trials.values()):
+            self._judge(trial, now, refused=trial.kind is kind)
+        if retry_after is not None and retry_after > LONG_WAIT:
+            # The rest of a window: everyone waits it out; when it reopens, its quota is
+            # whole, so what was measured before the wait says nothing of it.
+            self._hold(now, retry_after, "retry-after")
+            if self.phase is Phase.MEASURING:
+                self._episode_start = self.hold.until
+                self._episode_oks = 0
+                self._reopening = True
+            if self._contact_at is not None and not self._contact_waited:
+                # first contact is judged by what comes after the wait (once)
+                self._contact_at, self._contact = self.hold.until, [0, 0, 0]
+                self._contact_waited = True
+        elif kind is Refusal.THROTTLE and self._blocked(now, sent_at):
+            # Refused again and again with no success: the limit is closed. Everyone waits
+            # (the Retry-After, else a backoff doubling each time), then one request at a time
+            # asks whether it opened.
+            wait = retry_after if retry_after else FIRST_BACKOFF * 2.0 ** min(self.hold.count, 7)
+            wait = min(wait, MAX_BACKOFF) if not retry_after else wait
+            self._hold(now, wait, "blocked")
+            if self.phase is not Phase.MEASURING:
+                self._limit_seen = self.pace(now) or math.inf
+                self.rate = self.pace(now) or self.min_rate
+            self._enter_measuring(now, self.rate)
+            if self._probe_pace is None:
+                self._blocked_since = now
+            self._probe_pace = 1.0 / max(wait, 1e-3)  # one request a hold, until one passes
+            self._last_signal = now
+
+        if self._contact_at is not None and kind is Refusal.THROTTLE:
+            if now >= self._contact_at:
+                self._contact[0] += 1
+                self._contact[1] += 1
+                self._contacted(now)
+            return
+        if self._reopening and sent_at >= self.hold.until:
+            self._reopening = False  # the reopened window is spent: measure again
+            self._episode_start, self._episode_oks = now, 0
+        if sent_at < self._last_cut or self.phase is Phase.HEADERS:
+            return  # the same signal as the last decision, or the headers say better
+        if self._pending is None:
+            # a round begins with its first refusal: judge what comes from here on
+            self._round_answers = self._round_refused = 0
+        self._round_answers += 1
+        self._round_refused += 1
+        self._pending = kind
+        self._decide(now)
+
+    def read_limits(self, now: float, limits: RateLimits, in_flight: int) -> None:
+        """An answer's quota headers (if any): with them the headers pace, not refusals."""
+        if limits.remaining is None:
+            return
+        self.quota.read(now, limits, in_flight)
+        if self.quota.active and self.phase is not Phase.HEADERS:
+            self.phase = Phase.HEADERS
+            self.hold = Hold()
+            self._trials.pop(Refusal.THROTTLE, None)
+        elif not self.quota.active and self.phase is Phase.HEADERS:
+            self.phase = Phase.HOLDING if self.rate is not None else Phase.OPEN
+
+    def hold_all(self, now: float, seconds: float) -> None:
+        """The server asked everyone to wait (a 503 with ``Retry-After``)."""
+        self._hold(now, seconds, "retry-after")
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _measure_latency(self, sample: float) -> None:
+        """Smooth the send-to-answer time (the first answer sets it)."""
+        if self._latency_samples == 0:
+            self.latency = sample
+        else:
+            self.latency += 0.1 * (sample - self.latency)
+        self._latency_samples += 1
+
+    def _blocked(self, now: float, sent_at: float) -> bool:
+        return (
+            self._streak >= BLOCKED_STREAK
+            and now - self._last_ok > max(2.0 * self.latency, BLOCKED_QUIET)
+            and sent_at >= self.hold.set_at
+            and self.phase is not Phase.HEADERS
+        )
+
+    def _hold(self, now: float, seconds: float, reason: str) -> None:
+        until = now + seconds
+        if until > self.hold.until:
+            if self.hold.until < now:
+                self.hold.count += 1  # a new hold, not a longer one
+            self.hold.until = until
+            self.hold.reason = reason
+            self.hold.set_at = now
+
+    def _enter_measuring(self, now: float, pace: float | None) -> None:
+        """Refusals began: measure what the server admits from here on. What the law did
+        before is kept, to be restored if the refusals turn out to be noise.
+        """
+        self._after_block = False
+        if self.phase is not Phase.MEASURING:
+            self._episode_start = now
+            self._episode_oks = 0
+            self._episode_refused = 0
+            self._start_trial(Refusal.THROTTLE, pace)
+            self.phase = Phase.MEASURING
+
+    def _start_trial(self, kind: Refusal, pace: float | None) -> None:
+        if kind not in self._trials:
+            before = (pace, self.cap, self.phase, self.slow_start)
+            self._trials[kind] = _Trial(kind, before)
+
+    def _judge(self, trial: _Trial, now: float, *, refused: bool) -> None:
+        """Refusals that go on at the same share while the law slowed down are not the
+        limit's (nor a busy server's): noise. Undo what they did, and from now on refusals at
+        about that share pass.
+        """
+        measure = self.cap if trial.kind is Refusal.BUSY else (self.pace(now) or math.inf)
+        share = trial.add(refused, measure)
+        if share is None:
+            return
+        del self._trials[trial.kind]
+        self._noise[trial.kind] = max(self._noise[trial.kind], share)
+        pace, cap, phase, slow_start = trial.before
+        self.slow_start = slow_start
+        if trial.kind is Refusal.BUSY:
+            self.cap = max(self.cap, cap)
+            return
+        self.rate = pace
+        self.phase = phase if pace is not None else Phase.OPEN
+        if self.phase in (Phase.MEASURING, Phase.SEARCHING):
+            self.phase = Phase.HOLDING
+        self._probe_pace = None
+        self._last_signal = -math.inf
+
+    def _decide(self, now: float) -> None:
+        """A round with a refusal: once it has enough answers to say how many were refused,
+        cut (or, within the learned noise, let it pass).
+        """
+        kind = self._pending
+        assert kind is not None
+        if self.phase is Phase.OPEN and kind is Refusal.THROTTLE and self._contact_at is None:
+            if self._noise[kind] <= 0 or self._round_answers >= max(10, 3 / self._noise[kind]):
+                if self._noise_verdict(kind):
+                    self._pending = None
+                    self._round_answers = self._round_refused = 0
+                    return
+                # First contact: judge by the answers of the next round trip.
+                self._pending = None
+                self.slow_start = False
+                self._contact_at = now
+                self._contact = [1, 1, 0]
+                self._contact_waited = False
+                # nothing more leaves until the answers in flight tell what this was
+                self._hold(now, max(2.0 * self.latency, 0.01), "first contact")
+                return
+            return
+        if self._round_answers < ROUND_ANSWERS:
+            return
+        verdict = self._noise_verdict(kind)
+        if verdict is None:
+            return  # too few answers yet to tell this round from the learned noise
+        self._pending = None
+        if verdict:
+            self._round_answers = self._round_refused = 0  # a round of noise: start anew
+            return
+        if kind is Refusal.BUSY:
+            self._cut_cap(now)
+        else:
+            self._last_signal = now
+            self._cut_rate(now)
+
+    def _contacted(self, now: float) -> None:
+        """First contact: once a round trip of answers came since the first refusal, the
+        refused share tells a limit (the server's burst is spent: what it admits since is its
+        limit) from refusals at random (few, among many successes).
+        """
+        start = self._contact_at
+        assert start is not None
+        answers, refused, oks = self._contact
+        span = now - start
+        if answers < CONTACT_ANSWERS or span < max(self.latency, 0.005):
+            return
+        self._contact_at = None
+        share = refused / answers
+        if share < CONTACT_SHARE:
+            # refused at random, it seems: no pace; refusals at about this share are noise
+            self._noise[Refusal.THROTTLE] = max(self._noise[Refusal.THROTTLE], share)
+            self._decided(now)
+            return
+        # From here on, every success is the limit's refill (the successes so far may have
+        # spent what was left of a burst): measure from now.
+        self._enter_measuring(now, None)
+        self.hold.until = min(self.hold.until, now)  # the first contact's wait is over
+        if oks <= 1 and share >= CLOSED_SHARE:
+            # everything refused: the limit is closed; wait (the Retry-After, else a
+            # backoff), then ask one request at a time
+            wait = self._retry_after or FIRST_BACKOFF
+            self._hold(now, wait, "blocked")
+            self._probe_pace = 1.0 / max(wait, 1e-3)
+        bound = HEADROOM * (oks + 1) / span
+        self.rate = max(bound, self.min_rate)
+        # refused at about the rate the answers came at: a search goes back up to near it
+        self._limit_seen = max(self.rate, answers / span)
+        self._last_signal = now
+        self._decided(now)
+
+    def _cut_rate(self, now: float) -> None:
+        """A round of throttles that is a rate signal."""
+        pace = self.pace(now)
+        share = self._round_refused / max(self._round_answers, 1)
+        if self.phase is Phase.OPEN or pace is None:
+            # First contact: what got through over the last round trips (counting the
+            # server's burst too: start at a share of it; the episode's bound then measures).
+            window = max(2.0 * self.latency, 0.05)
+            recent = sum(1 for t in self._oks if t > now - window)
+            new = FIRST_SHARE * max(recent, 1) / window
+            pace = 2.0 * new
+        elif self.phase is Phase.MEASURING:
+            young = now - self._episode_start < max(4.0 * self.latency, 0.05)
+            if share < 0.5 or pace < (self.rate or math.inf) or young:
+                return  # refusals while measuring: the bound follows what gets through
+            new = 0.5 * pace  # refused more often than not, the bound not yet telling
+        else:
+            new = CUT * pace  # a probe or a search went over the limit: step back, measure
+        self._limit_seen = pace
+        self._enter_measuring(now, pace)
+        self.rate = max(new, self.min_rate)
+        self._decided(now)
+
+    def _cut_cap(self, now: float) -> None:
+        """A busy server's 503 that starts a new round: fewer requests at once."""
+        self._start_trial(Refusal.BUSY, self.rate)
+        self.cap = max(1.0, self.cap * self.decrease)
+        self._decided(now)
+
+    def _decided(self, now: float) -> None:
+        self._last_cut = now
+        self._last_growth = now
+        self._round_answers = 0
+        self._round_refused = 0
+        self.cuts += 1
+
+    def _noise_verdict(self, kind: Refusal) -> bool | None:
+        """Whether the refusals of the current round are noise (``None``: too few answers
+        yet to tell). With no noise learned, any refusal is a signal.
+        """
+        noise = self._noise[kind]
+        if noise < NOISE_FLOOR:
+            return False
+        if self._round_answers < max(10, min(int(3.0 / noise), 100)):
+            return None
+        return self._round_refused / self._round_answers <= NOISE_MARGIN * noise
+
+    def _grow(self, now: float) -> None:
+        """A success: leave MEASURING after a quiet spell; probe upward while the pace binds."""
+        rate = self.rate
+        if rate is None or self.phase is Phase.HEADERS:
+            return
+        dt = now - self._last_growth
+        self._last_growth = now
+        pace = self.pace(now)
+        assert pace is not None
+        quiet = now - max(self._last_signal, self.hold.until)
+        if self.phase is Phase.MEASURING:
+            if quiet >= max(1.0, 4.0 / pace, 4.0 * self.latency):
+                # no refusal for a while at this pace: it is under the limit (so the
+                # refusals were not noise: slowing down ended them). Far under the pace
+                # where the limit was last met: search back up to near it.
+                oks = self._episode_oks
+                # (a measure that spans a closed limit's holds is no measure: search)
+                # (refused in its second half: the pace was the limit's until lately)
+                halfway = (self._episode_start + now - quiet) / 2
+                measured = (
+                    oks >= MEASURE_SUCCESSES
+                    and self._episode_refused > 0
+                    and self._last_refusal >= halfway
+                    and pace < self.rate_cap()
+                    and self.hold.set_at < self._episode_start
+                )
+                if measured:
+                    # what it admitted while refusing, without the bound's benefit of doubt
+                    span = max(now - self._episode_start, 1e-3)
+                    pace = max(min(pace, HEADROOM * oks / span), self.min_rate)
+                    self._limit_seen = pace / HEADROOM
+                self.rate = pace
+                self._noise[Refusal.THROTTLE] *= 0.5  # quiet: the refusals were the limit's
+                far = not measured and pace < SEARCH_UP_TO * self._limit_seen * HEADROOM
+                self.phase = Phase.SEARCHING if far else Phase.HOLDING
+                self._trials.pop(Refusal.THROTTLE, None)
+            return
+        if dt <= 0 or now - self._last_bound > max(1.0, 2.0 / pace):
+            return  # pacing is not what holds requests back: the pace holds
+        if self.phase is Phase.SEARCHING:
+            # double every few round trips, and (unless a closed limit just opened) only
+            # after a few paced sends, so a low limit is not overshot by much
+            step = max(SEARCH_DOUBLING, 2.0 * self.latency)
+            if not self._after_block:
+                step = max(step, 4.0 / rate)
+            grown = rate * 2.0 ** (min(dt, 1.0) / step)
+            top = SEARCH_UP_TO * self._limit_seen
+            if grown >= top:
+                grown, self.phase = min(grown, max(top, rate)), Phase.HOLDING
+            self.rate = grown
+            return
+        quiet_needed = max(QUIET_SECONDS, QUIET_SUCCESSES / pace)
+        if quiet < quiet_needed:
+            return
+        if rate < PROBE_NEAR * self._limit_seen:
+            speed = self.probe  # near where the limit was last met: creep
+            self._beyond = now
+        else:
+            # past it with no refusal: the limit rose; probe ever faster
+            speed = min(MAX_PROBE, self.probe * 2.0 ** ((now - self._beyond) / PROBE_DOUBLING))
+        self.rate = rate * (1.0 + min(speed * min(dt, 1.0), PROBE_STEP))
