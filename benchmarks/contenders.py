@@ -361,8 +361,21 @@ def main() -> None:
         sys.stdin.readline()
     started_cpu = time.process_time()
     started = time.perf_counter()
+    profiler = None
+    if cfg.get("profile"):  # cProfile the run; the top functions go to stderr
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         result = runner.run(CONTENDERS[name](cfg))
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        stats = pstats.Stats(profiler, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(60)
     result.setdefault("wall", time.perf_counter() - started)
     result["cpu"] = time.process_time() - started_cpu
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

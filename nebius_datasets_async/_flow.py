@@ -55,6 +55,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._events import BudgetSpent, Events, PaceChanged, Paused
 from ._exceptions import APITimeoutError
 from ._protocol import RateLimits
 from ._validate import check
@@ -85,6 +86,7 @@ _RECENT_SUCCESS = 2.0  # seconds: an overload is not an outage if a success came
 _PEAK_WINDOW = 0.5  # seconds over which the admitted rate is measured for the floor
 _PEAK_HALF_LIFE = 60.0  # seconds: the best admitted rate counts for less as it ages
 _FLOOR = 0.5  # the pace never falls below this share of the best admitted rate
+_REPORT_RISE = 1.25  # a rise of the pace this large (since the last report) is a PaceChanged
 
 
 class Failure(enum.Enum):
@@ -108,11 +110,14 @@ def retry_cost(failure: Failure) -> float:
 @attrs.frozen(slots=True)
 class Ticket:
     """An admitted request. Report how it ended exactly once: ``on_answer``, ``on_throttle``,
-    ``on_failure`` or ``cancel``.
+    ``on_failure`` or ``cancel``. ``waited_place``: seconds it waited for a place (the
+    concurrency bound); ``waited_slot``: for a pacing slot or the end of a pause.
     """
 
     epoch: int
     admitted_at: float
+    waited_place: float = attrs.field(default=0.0, kw_only=True)
+    waited_slot: float = attrs.field(default=0.0, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -308,6 +313,9 @@ class FlowControl:
         self._overloads = 0
         self._failures = 0
         self._cuts = 0
+        # events (see docs/observability.md): the subscribers and the last pace reported
+        self._events = Events()
+        self._reported: tuple[str, float | None, int] = ("unpaced", None, int(self._cap))
 
     def __repr__(self) -> str:
         rate = "unpaced" if self._rate is None else f"{self._rate:.1f}/s"
@@ -317,6 +325,57 @@ class FlowControl:
     def max_concurrency(self) -> int:
         """The most requests admitted at once."""
         return self._max
+
+    # -- events ------------------------------------------------------------------------------
+
+    def subscribe(self, observer: Callable[[object], None]) -> None:
+        """Call ``observer`` with the gate's events (``PaceChanged``, ``Paused``,
+        ``BudgetSpent``), outside the flow's lock, from the task that caused them.
+        """
+        self._events.subscribe(observer)
+
+    def unsubscribe(self, observer: Callable[[object], None]) -> None:
+        """Stop calling ``observer``."""
+        self._events.unsubscribe(observer)
+
+    def _phase(self) -> str:
+        """The pacing phase, as events name it. Under the lock."""
+        if self._header_rate is not None:
+            return "headers"
+        if self._rate is None:
+            return "unpaced"
+        return "searching" if self._searching else "measured"
+
+    def _report(self, now: float, held: float, reason: str) -> list[object]:
+        """The gate events a feedback produced: the pace when it changed for real (a new
+        phase, a cut, a rise of ``_REPORT_RISE`` since the last report; not every probe step),
+        and a pause that began (``held``: when the hold ended before it). Under the lock.
+        """
+        events: list[object] = []
+        phase = self._phase()
+        rate = self._header_rate if self._header_rate is not None else self._rate
+        cap = int(self._cap)
+        last_phase, last_rate, last_cap = self._reported
+        report = phase != last_phase or cap < last_cap
+        if not report and rate is not None and last_rate is not None and rate != last_rate:
+            cut = rate < last_rate and reason != "answer"
+            report = cut or not (1 / _REPORT_RISE < rate / last_rate < _REPORT_RISE)
+        if report:
+            if reason == "answer":
+                reason = {"headers": "headers", "searching": "search"}.get(phase, "probe")
+            self._reported = (phase, rate, cap)
+            events.append(PaceChanged(phase, rate, last_rate, reason, cap))
+        elif cap > last_cap:
+            self._reported = (phase, last_rate, cap)
+        hold = max(self._hold_until, self._header_until)
+        if hold > now and held <= now:
+            why = "quota" if self._header_until >= self._hold_until else reason
+            events.append(Paused(hold, hold - now, why))
+        return events
+
+    def _emit(self, events: list[object]) -> None:
+        for event in events:
+            self._events.emit(event)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -329,19 +388,26 @@ class FlowControl:
         ``clock()`` value) would pass first; nothing is held then. ``paced=False`` waits for
         the place only (a flow shared across processes paces through its own schedule).
         """
+        asked = self._clock()
         await self._take_place(deadline)
+        placed: float | None = None
         if not paced:
             with self._lock:
                 self._requests += 1
-                return Ticket(self._epoch, self._clock())
+                now = self._clock()
+                return Ticket(self._epoch, now, waited_place=now - asked)
         try:
             while True:
                 with self._lock:
                     now = self._clock()
+                    if placed is None:
+                        placed = now
                     wait, epoch = self._book(now)
                     if wait <= 0:
                         self._requests += 1
-                        return Ticket(epoch, now)
+                        return Ticket(
+                            epoch, now, waited_place=placed - asked, waited_slot=now - placed
+                        )
                     self._pacing_waiters += 1
                 if deadline is not None and now + wait > deadline:
                     with self._lock:
@@ -356,7 +422,9 @@ class FlowControl:
                     now = self._clock()
                     if self._epoch == epoch and now >= max(self._hold_until, self._header_until):
                         self._requests += 1
-                        return Ticket(epoch, now)
+                        return Ticket(
+                            epoch, now, waited_place=placed - asked, waited_slot=now - placed
+                        )
                 # the rate changed or a pause began while waiting: book again
         except BaseException:
             with self._lock:
@@ -428,8 +496,10 @@ class FlowControl:
 
     def on_answer(self, ticket: Ticket, limits: RateLimits) -> None:
         """The request was answered (a success, or an error that is the request's own)."""
+        events = None
         with self._lock:
             now = self._clock()
+            held = max(self._hold_until, self._header_until)
             _append_recent(self._ok_times, now, _OK_HISTORY)
             self._streak = 0
             self._last_ok = now
@@ -444,6 +514,10 @@ class FlowControl:
             self._grow(now)
             self._read_limits(now, limits)
             self._free_place()
+            if self._events.active and (self._rate is not None or limits.remaining is not None):
+                events = self._report(now, held, "answer")  # event: PaceChanged, Paused
+        if events:
+            self._emit(events)
 
     def on_throttle(
         self, ticket: Ticket, retry_after: float | None, limits: RateLimits, *, pause: bool = False
@@ -451,8 +525,10 @@ class FlowControl:
         """The request was throttled. ``pause``: the server asked everyone to wait (a 503 with
         ``Retry-After``), not only this request.
         """
+        events = None
         with self._lock:
             now = self._clock()
+            held = max(self._hold_until, self._header_until)
             self._throttles += 1
             self._streak += 1
             self._last_throttle = now
@@ -469,6 +545,12 @@ class FlowControl:
             elif ticket.epoch == self._epoch and self._header_rate is None:
                 self._cut_rate(now)
             self._free_place()
+            if self._events.active:  # event: PaceChanged (a cut), Paused
+                events = self._report(
+                    now, held, "retry-after" if pause else ("refused" if blocked else "throttle")
+                )
+        if events:
+            self._emit(events)
 
     def _cut_rate(self, now: float) -> None:
         """Set the pace from what the server admitted over the last few round trips: while it
@@ -529,6 +611,7 @@ class FlowControl:
 
     def on_failure(self, ticket: Ticket, failure: Failure) -> None:
         """The request got no usable answer (see ``Failure``)."""
+        events = None
         with self._lock:
             if failure is Failure.OVERLOAD:
                 self._overloads += 1
@@ -542,6 +625,10 @@ class FlowControl:
             else:
                 self._failures += 1
             self._free_place()
+            if self._events.active and failure is Failure.OVERLOAD:
+                events = self._report(self._clock(), math.inf, "overload")  # event: PaceChanged
+        if events:
+            self._emit(events)
 
     def cancel(self, ticket: Ticket) -> None:
         """An admitted request was never sent."""
@@ -562,10 +649,13 @@ class FlowControl:
         """
         with self._lock:
             cost = retry_cost(failure)
-            if self._budget < cost:
-                return False
-            self._budget -= cost
-            return True
+            granted = self._budget >= cost
+            if granted:
+                self._budget -= cost
+            left = self._budget
+        if self._events.active:  # event: BudgetSpent
+            self._events.emit(BudgetSpent(cost, left, granted, failure.value))
+        return granted
 
     # -- helpers (under the lock) ------------------------------------------------------------
 

@@ -41,11 +41,14 @@ _DATASETS = "/v1/datasets/"
 
 @attrs.frozen(slots=True)
 class Request:
-    """An HTTP request to send: ``path`` is already percent-encoded."""
+    """An HTTP request to send: ``path`` is already percent-encoded. ``headers``: extra
+    headers for this request (a trace context, say); the transport's own headers win.
+    """
 
     method: str
     path: str
     body: bytes | None = None
+    headers: Mapping[str, str] | None = None
 
 
 @attrs.frozen(slots=True)
