@@ -364,6 +364,11 @@ class Events:
     def __len__(self) -> int:
         return len(self._observers)
 
+    @property
+    def observers(self) -> tuple[Callable[[Any], None], ...]:
+        """The subscribers, in the order they subscribed."""
+        return self._observers
+
     def subscribe(self, observer: Callable[[Any], None]) -> None:
         """Call ``observer`` with every event it is interested in from now on."""
         if not callable(observer):
