@@ -60,7 +60,15 @@ def client_for(cfg: dict[str, Any]) -> DatasetsClient:
 async def ours(cfg: dict[str, Any]) -> Result:
     if cfg.get("redis_url"):
         return await ours_redis(cfg)
-    async with client_for(cfg) as client:
+    client = DatasetsClient(
+        api_key=cfg["api_key"],
+        base_url=cfg["base_url"],
+        max_concurrency=cfg["concurrency"],
+        observers=cfg.get("observers", ()),
+    )
+    if cfg.get("setup"):
+        cfg["setup"](client)
+    async with client:
         report = await client.patch_all(DatasetUpdate(i, folder=f) for i, f in updates(cfg))
     return {
         "ok": report.succeeded,
@@ -68,6 +76,49 @@ async def ours(cfg: dict[str, Any]) -> Result:
         "requests": report.requests,
         "ended_at": time.time(),
     }
+
+
+async def ours_observer(cfg: dict[str, Any]) -> Result:
+    """Ours with one observer that does nothing: every per-call event is built and handed on."""
+
+    def nothing(event: object) -> None:
+        pass
+
+    return await ours({**cfg, "observers": [nothing]})
+
+
+async def ours_otel(cfg: dict[str, Any]) -> Result:
+    """Ours with nebius_datasets_async.otel on: the OpenTelemetry SDK records every span
+    (batched into an exporter that drops them) and every metric (read once, at the end).
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from nebius_datasets_async.otel import instrument
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+
+    def setup(client: DatasetsClient) -> None:
+        instrument(client, tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+    result = await ours({**cfg, "setup": setup})
+    reader.get_metrics_data()
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+    return result
 
 
 async def ours_redis(cfg: dict[str, Any]) -> Result:
@@ -331,6 +382,8 @@ async def openai_style(cfg: dict[str, Any]) -> Result:
 
 CONTENDERS: dict[str, Callable[[dict[str, Any]], Awaitable[Result]]] = {
     "ours": ours,
+    "ours_observer": ours_observer,
+    "ours_otel": ours_otel,
     "gather": ours_gather,
     "aiohttp": raw_aiohttp,
     "httpx": raw_httpx,
