@@ -324,6 +324,7 @@ class BulkRun:
         self._supervisor: list[asyncio.Task[None]] = []
         self._stream: weakref.ref[AsyncGenerator[PatchOutcome, None]] | None = None
         self._iterated = False
+        self._sink: Callable[[PatchOutcome], None] | None = None  # collect(): no stream
         self._worker_error: BaseException | None = None
         self._started = 0.0
         self._finished_at: float | None = None
@@ -396,16 +397,59 @@ class BulkRun:
         """
         self._signal.stop(RunStoppedError(f"run stopped: {reason}", cause=cause))
 
-    async def _run(self) -> AsyncGenerator[PatchOutcome, None]:
+    async def collect(self, *, keep_successes: bool = False) -> BulkReport:
+        """Run to the end without streaming the outcomes and return the ``BulkReport`` (every
+        failed and skipped outcome; the applied ones too with ``keep_successes``). What
+        ``patch_all`` does; use it instead of iterating, not as well.
+        """
+        if self._iterated:
+            raise RuntimeError("a BulkRun can be iterated only once")
+        self._iterated = True
+        failures: list[PatchOutcome] = []
+        successes: list[PatchOutcome] = []
+
+        def sink(outcome: PatchOutcome) -> None:
+            if outcome.status is not OutcomeStatus.APPLIED:
+                failures.append(outcome)
+            elif keep_successes:
+                successes.append(outcome)
+
+        self._sink = sink
+        self._start()
+        ended = False
+        try:
+            await self._supervise()
+            ended = True
+            self._end()
+        finally:
+            await self._cancel_all()
+            if not ended:
+                self._finished_at = self._clock()
+                self._finish(RunStoppedError("the run was closed before its end"))
+        return self.report(failures, successes)
+
+    def _start(self) -> None:
+        """Start the workers (and tell the subscribers)."""
         self._started = self._clock()
         self._info = RunInfo(concurrency=self._concurrency, started=self._started)
         if self._events.active:  # event: RunStarted
             self._events.emit(RunStarted(self._info))
-        ended = False
         self._workers = [
             asyncio.create_task(self._worker(), name=f"nebius-bulk-worker-{i}")
             for i in range(self._concurrency)
         ]
+
+    def _end(self) -> None:
+        """Every worker ended: finish the run; raise what ended the input or a worker."""
+        self._finished_at = self._clock()
+        error = self._source.error or self._worker_error
+        self._finish(error)
+        if error is not None:
+            raise error
+
+    async def _run(self) -> AsyncGenerator[PatchOutcome, None]:
+        self._start()
+        ended = False
         supervisor = asyncio.create_task(self._supervise(), name="nebius-bulk-supervisor")
         self._supervisor = [supervisor]
         try:
@@ -415,12 +459,8 @@ class BulkRun:
                     break
                 yield item
             await supervisor
-            self._finished_at = self._clock()
-            error = self._source.error or self._worker_error
             ended = True
-            self._finish(error)
-            if error is not None:
-                raise error
+            self._end()
         finally:
             await self._cancel_all()
             if not ended:  # closed or cancelled before the end
@@ -437,7 +477,8 @@ class BulkRun:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 # A programming error in a worker: surface it once everything has ended.
                 self._worker_error = self._worker_error or result
-        await self._results.put(_DONE)
+        if self._sink is None:
+            await self._results.put(_DONE)
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -462,7 +503,11 @@ class BulkRun:
             self.failed += 1
         else:
             self.skipped += 1
-        await self._results.put(outcome)
+        sink = self._sink
+        if sink is not None:
+            sink(outcome)
+        else:
+            await self._results.put(outcome)
         if self._events.active:
             self._report_progress()
 

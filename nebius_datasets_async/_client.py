@@ -19,7 +19,7 @@ from typing import Any, Self
 import aiohttp
 from yarl import URL
 
-from ._bulk import BulkOptions, BulkReport, BulkRun, PatchOutcome, ProgressCallback
+from ._bulk import BulkOptions, BulkReport, BulkRun, ProgressCallback
 from ._call import CallContext, Caller
 from ._events import Events, LoggingObserver
 from ._exceptions import InvalidArgumentError
@@ -358,17 +358,10 @@ class DatasetsClient:
         outcome, requests, retries and time (``keep_successes=True`` keeps applied outcomes
         too). Call ``report.raise_for_failures()`` to turn any failure into a ``BulkError``.
         """
-        failures: list[PatchOutcome] = []
-        successes: list[PatchOutcome] = []
         async with self.patch_many(
             updates, concurrency=concurrency, options=options, progress=progress
         ) as run:
-            async for outcome in run:
-                if not outcome.ok:
-                    failures.append(outcome)
-                elif keep_successes:
-                    successes.append(outcome)
-        return run.report(failures, successes)
+            return await run.collect(keep_successes=keep_successes)
 
     async def rename_many(
         self,

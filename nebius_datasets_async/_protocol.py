@@ -76,6 +76,8 @@ class RateLimits:
 
 
 _NO_LIMITS = RateLimits()
+#: Compact UTF-8 JSON; one encoder built once (``json.dumps`` with options builds one a call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 
 
@@ -178,7 +180,7 @@ def build_patch(update: DatasetUpdate) -> Request:
         body["name"] = update.name
     if update.folder is not None:
         body["folder"] = update.folder
-    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = _ENCODE(body).encode()
     return Request("PATCH", _DATASETS + quote(update.dataset_id, safe=""), payload)
 
 

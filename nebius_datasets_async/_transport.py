@@ -159,7 +159,9 @@ class AiohttpTransport:
             own = self._own_names
             extra = {k: v for k, v in request.headers.items() if k.lower() not in own}
             headers = {**extra, **headers}
-        limit = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
+        limit = self._timeout
+        if timeout is not None and timeout != limit.total:
+            limit = aiohttp.ClientTimeout(total=timeout)
         resent = False
         while True:
             try:
