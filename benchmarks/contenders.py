@@ -106,19 +106,37 @@ async def ours_otel(cfg: dict[str, Any]) -> Result:
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    tracer_provider = TracerProvider()
+    sampler = None
+    if cfg.get("sample") is not None:  # a share of the traces, as users choose
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        sampler = ParentBased(TraceIdRatioBased(cfg["sample"]))
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
 
     def setup(client: DatasetsClient) -> None:
-        instrument(client, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        from opentelemetry.trace import NoOpTracerProvider
+
+        traces = NoOpTracerProvider() if cfg.get("metrics_only") else tracer_provider
+        instrument(client, tracer_provider=traces, meter_provider=meter_provider)
 
     result = await ours({**cfg, "setup": setup})
     reader.get_metrics_data()
     tracer_provider.shutdown()
     meter_provider.shutdown()
     return result
+
+
+async def ours_otel_sampled(cfg: dict[str, Any]) -> Result:
+    """ours_otel with 10% of the traces sampled (ParentBased(TraceIdRatioBased(0.1)))."""
+    return await ours_otel({**cfg, "sample": 0.1})
+
+
+async def ours_otel_metrics(cfg: dict[str, Any]) -> Result:
+    """ours_otel with metrics only (a no-op tracer provider)."""
+    return await ours_otel({**cfg, "metrics_only": True})
 
 
 async def ours_redis(cfg: dict[str, Any]) -> Result:
@@ -384,6 +402,8 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Awaitable[Result]]] = {
     "ours": ours,
     "ours_observer": ours_observer,
     "ours_otel": ours_otel,
+    "ours_otel_sampled": ours_otel_sampled,
+    "ours_otel_metrics": ours_otel_metrics,
     "gather": ours_gather,
     "aiohttp": raw_aiohttp,
     "httpx": raw_httpx,

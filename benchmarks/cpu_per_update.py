@@ -13,7 +13,9 @@ round to round (``contenders.py NAME``). Contenders:
 - ``ours``: ``DatasetsClient.patch_all`` with no observer;
 - ``ours_observer``: the same with one observer that does nothing (the event objects built);
 - ``ours_otel``: the same with ``nebius_datasets_async.otel`` on, the OpenTelemetry SDK
-  recording every span and metric into a no-op exporter.
+  recording every span (a ``BatchSpanProcessor`` into an exporter that drops them) and metric;
+- ``ours_otel_sampled``: the same with 10% of the traces sampled;
+- ``ours_otel_metrics``: the same with metrics only (a no-op tracer provider).
 
 Prints a Markdown table: per contender, the median CPU us/update, the median of the per-round
 ratios to ``aiohttp`` and their spread (min-max).
@@ -30,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
-CONTENDERS = ("aiohttp", "ours", "ours_observer", "ours_otel")
+CONTENDERS = (
+    "aiohttp",
+    "ours",
+    "ours_observer",
+    "ours_otel",
+    "ours_otel_sampled",
+    "ours_otel_metrics",
+)
 
 
 def start_server(datasets: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:

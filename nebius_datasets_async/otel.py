@@ -179,6 +179,7 @@ class Instrumentation:
                 "Seconds until the gate's pause ends (0 when not paused).",
             ),
         ]
+        self._metric_attrs: dict[tuple[str, int | str], dict[str, Any]] = {}
         self._calls: dict[CallInfo, _Call] = {}
         self._runs: dict[RunInfo, trace.Span] = {}
         self._active = True
@@ -274,26 +275,48 @@ class Instrumentation:
         if self._propagate:
             propagate.inject(event.headers, trace.set_span_in_context(span))
 
+    def _duration_attrs(self, method: str, outcome: int | str) -> dict[str, Any]:
+        """The duration histogram's attributes for (method, status or error type), built once:
+        a handful of combinations in a process's life.
+        """
+        key = (method, outcome)
+        attributes = self._metric_attrs.get(key)
+        if attributes is None:
+            attributes = {"http.request.method": method, **self._server}
+            if isinstance(outcome, int):
+                attributes["http.response.status_code"] = outcome
+                if outcome >= 400:
+                    attributes["error.type"] = str(outcome)
+            else:
+                attributes["error.type"] = outcome
+            if len(self._metric_attrs) < 256:
+                self._metric_attrs[key] = attributes
+        return attributes
+
     def _answered(self, event: Answered) -> None:
         status = event.status
-        attributes: dict[str, Any] = {
-            "http.request.method": event.call.method,
-            "http.response.status_code": status,
-            **self._server,
-        }
-        if status >= 400:
-            attributes["error.type"] = str(status)
-        self._duration.record(event.latency, attributes)
+        self._duration.record(event.latency, self._duration_attrs(event.call.method, status))
         state = self._calls.get(event.call)
         if state is None or state.attempt is None:
             return
         span, state.attempt = state.attempt, None
-        span.set_attribute("http.response.status_code", status)
-        if event.request_id:
-            span.set_attribute("nebius.request_id", event.request_id)
-        if status >= 400:
-            span.set_attribute("error.type", str(status))
-            span.set_status(Status(StatusCode.ERROR))
+        if span.is_recording():
+            if status < 400:
+                span.set_attributes(
+                    {
+                        "http.response.status_code": status,
+                        "nebius.request_id": event.request_id or "",
+                    }
+                )
+            else:
+                span.set_attributes(
+                    {
+                        "http.response.status_code": status,
+                        "nebius.request_id": event.request_id or "",
+                        "error.type": str(status),
+                    }
+                )
+                span.set_status(Status(StatusCode.ERROR))
         span.end()
 
     def _failed(self, event: Failed) -> None:
@@ -302,10 +325,7 @@ class Instrumentation:
         if event.status is not None:
             return  # an answer: recorded by _answered
         error_type = type(event.error).__name__
-        self._duration.record(
-            event.latency,
-            {"http.request.method": event.call.method, "error.type": error_type, **self._server},
-        )
+        self._duration.record(event.latency, self._duration_attrs(event.call.method, error_type))
         state = self._calls.get(event.call)
         if state is None or state.attempt is None:
             return
@@ -344,10 +364,16 @@ class Instrumentation:
         if state.attempt is not None:  # cancelled while sending
             state.attempt.set_attribute("error.type", "cancelled")
             state.attempt.end()
-        span.set_attribute("nebius.attempts", event.attempts)
-        span.set_attribute("nebius.gate.wait", event.waited)
+        if not span.is_recording():
+            span.end()
+            return
+        attributes: dict[str, Any] = {
+            "nebius.attempts": event.attempts,
+            "nebius.gate.wait": event.waited,
+        }
         if event.status is not None:
-            span.set_attribute("http.response.status_code", event.status)
+            attributes["http.response.status_code"] = event.status
+        span.set_attributes(attributes)
         if event.error is not None:
             error_type = "cancelled" if event.cancelled else type(event.error).__name__
             span.set_attribute("error.type", error_type)
