@@ -179,12 +179,19 @@ class Caller:
                     watch.waited,
                     watch.status,
                     exc,
-                    not isinstance(exc, Exception),
+                    isinstance(exc, asyncio.CancelledError),
                 )
             )
             raise
         events.emit(
-            CallEnded(watch.info, ctx.attempts, time.monotonic() - started, watch.waited, 200, None)
+            CallEnded(
+                watch.info,
+                ctx.attempts,
+                time.monotonic() - started,
+                watch.waited,
+                watch.status,
+                None,
+            )
         )
         return dataset
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import importlib
 import logging
@@ -14,9 +15,9 @@ import pytest
 import nebius_datasets_async._call
 from nebius_datasets_async import DatasetUpdate, FlowControl, NotFoundError, RateLimits
 from nebius_datasets_async import events as ev
-from nebius_datasets_async.testing import FakeDatasetsServer
+from nebius_datasets_async.testing import FakeDatasetsServer, Faults
 
-from .conftest import SleepRecorder
+from .conftest import SleepRecorder, wait_until
 
 
 class Recorder:
@@ -341,3 +342,38 @@ def test_otel_module_needs_opentelemetry(monkeypatch: pytest.MonkeyPatch) -> Non
         "sys.exit(any(m.startswith('opentelemetry') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+async def test_a_cancelled_call_still_ends(fake: FakeDatasetsServer) -> None:
+    """A call whose task is cancelled mid-request ends with CallEnded(cancelled=True)."""
+    seen = Recorder(ev.Sent, ev.CallEnded)
+    async with FakeDatasetsServer(datasets=2, faults=Faults(latency=5.0)) as slow:
+        async with slow.client(observers=[seen]) as client:
+            task = asyncio.create_task(client.move(slow.dataset_ids[0], "/o"))
+            await wait_until(lambda: "Sent" in seen.kinds())
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    ended = seen.events[-1]
+    assert isinstance(ended, ev.CallEnded)
+    assert ended.cancelled
+    assert isinstance(ended.error, asyncio.CancelledError)
+    assert (ended.attempts, ended.status) == (1, None)
+
+
+async def test_redis_flow_hands_its_local_gate_events_on() -> None:
+    """RedisFlowControl.subscribe reaches its local gate: a retry asked of the budget while
+    Redis is not in use is a BudgetSpent.
+    """
+    pytest.importorskip("redis")
+    from nebius_datasets_async.redis import RedisFlowControl
+
+    flow = RedisFlowControl("redis://127.0.0.1:1", retry_budget=7)
+    seen = Recorder()
+    flow.subscribe(seen)
+    assert flow.retry_allowed(nebius_datasets_async.Failure.TIMEOUT) is False
+    assert seen.events == [ev.BudgetSpent(10.0, 7.0, False, "timeout")]
+    flow.unsubscribe(seen)
+    flow.retry_allowed(nebius_datasets_async.Failure.ERROR)
+    assert len(seen.events) == 1
+    await flow.aclose()
