@@ -388,14 +388,12 @@ class FlowControl:
         ``clock()`` value) would pass first; nothing is held then. ``paced=False`` waits for
         the place only (a flow shared across processes paces through its own schedule).
         """
-        asked = self._clock()
-        await self._take_place(deadline)
+        waited_place = await self._take_place(deadline)
         placed: float | None = None
         if not paced:
             with self._lock:
                 self._requests += 1
-                now = self._clock()
-                return Ticket(self._epoch, now, waited_place=now - asked)
+                return Ticket(self._epoch, self._clock(), waited_place=waited_place)
         try:
             while True:
                 with self._lock:
@@ -406,7 +404,7 @@ class FlowControl:
                     if wait <= 0:
                         self._requests += 1
                         return Ticket(
-                            epoch, now, waited_place=placed - asked, waited_slot=now - placed
+                            epoch, now, waited_place=waited_place, waited_slot=now - placed
                         )
                     self._pacing_waiters += 1
                 if deadline is not None and now + wait > deadline:
@@ -423,7 +421,7 @@ class FlowControl:
                     if self._epoch == epoch and now >= max(self._hold_until, self._header_until):
                         self._requests += 1
                         return Ticket(
-                            epoch, now, waited_place=placed - asked, waited_slot=now - placed
+                            epoch, now, waited_place=waited_place, waited_slot=now - placed
                         )
                 # the rate changed or a pause began while waiting: book again
         except BaseException:
@@ -449,13 +447,15 @@ class FlowControl:
             return slot - now, self._epoch
         return 0.0, self._epoch
 
-    async def _take_place(self, deadline: float | None) -> None:
+    async def _take_place(self, deadline: float | None) -> float:
+        """Wait for a place; return the seconds waited (0.0 when one was free)."""
         with self._lock:
             if self._active < int(self._cap) and not self._waiters:
                 self._active += 1
-                return
+                return 0.0
             waiter = _Waiter(asyncio.get_running_loop())
             self._waiters.append(waiter)
+        asked = self._clock()
         try:
             if deadline is None:
                 await waiter.future
@@ -473,6 +473,7 @@ class FlowControl:
             if isinstance(exc, TimeoutError):
                 raise APITimeoutError("the deadline passed while waiting to send") from None
             raise
+        return self._clock() - asked
 
     def _free_place(self) -> None:
         """Give a place back and hand free places to waiters, first come first served. Under

@@ -99,6 +99,7 @@ class Instrumentation:
         meter_provider: metrics.MeterProvider | None = None,
         run_spans: bool = True,
         propagate_context: bool = True,
+        traces: bool = True,
     ) -> None:
         self._client = client
         self._run_spans = run_spans
@@ -197,6 +198,9 @@ class Instrumentation:
             RunStarted: self._run_started,
             RunFinished: self._run_finished,
         }
+        if not traces:  # metrics only: the span events are not even built
+            for kind in (CallStarted, Sent, CallEnded, RunStarted, RunFinished):
+                del self._handlers[kind]
         self.interests = tuple(self._handlers)
         client.events.subscribe(self)
 
@@ -253,7 +257,9 @@ class Instrumentation:
         self._calls[call] = _Call(span)
 
     def _admitted(self, event: Admitted) -> None:
-        self._wait.record(event.waited_place + event.waited_slot, self._server)
+        waited = event.waited_place + event.waited_slot
+        if waited > 0.0:  # attempts admitted at once are not recorded (each record costs)
+            self._wait.record(waited, self._server)
 
     def _sent(self, event: Sent) -> None:
         state = self._calls.get(event.call)
@@ -426,13 +432,15 @@ def instrument(
     meter_provider: metrics.MeterProvider | None = None,
     run_spans: bool = True,
     propagate_context: bool = True,
+    traces: bool = True,
 ) -> Instrumentation:
     """Record ``client``'s calls, bulk runs and gate as OpenTelemetry spans and metrics.
 
     ``tracer_provider`` / ``meter_provider``: the global ones unless given. ``run_spans``:
     group a bulk run's calls under one ``bulk run`` span. ``propagate_context``: inject the
     trace context into each request's headers (the global propagator: W3C ``traceparent``
-    by default). Returns the ``Instrumentation``; ``.uninstrument()`` stops it.
+    by default). ``traces=False``: metrics only (cheaper: no span is made and no per-call
+    span event built). Returns the ``Instrumentation``; ``.uninstrument()`` stops it.
     """
     return Instrumentation(
         client,
@@ -440,4 +448,5 @@ def instrument(
         meter_provider=meter_provider,
         run_spans=run_spans,
         propagate_context=propagate_context,
+        traces=traces,
     )

@@ -110,7 +110,7 @@ async def test_fastapi_example_under_uvicorn() -> None:
         assert metric(text, "nebius_datasets_gate_retries_total") == 1
         assert metric(text, "nebius_datasets_gate_in_flight") == 0
         assert metric(text, "nebius_datasets_gate_budget") == 500
-        assert metric(text, "nebius_datasets_gate_wait_seconds_count") == 3
+        assert metric(text, "nebius_datasets_gate_concurrency") >= 8
 
         patches = [r for r in fake.requests if r.method == "PATCH"]
         assert len(patches) == 3

@@ -4,6 +4,7 @@ in-memory exporter and reader. Skipped when the OpenTelemetry SDK is not install
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -149,8 +150,7 @@ async def test_success_spans_metrics_and_trace_context(
         "http.response.status_code": 200,
         **server_attrs(fake),
     }
-    (wait,) = metrics["nebius.datasets.gate.wait"]
-    assert wait.count == 1
+    assert "nebius.datasets.gate.wait" not in metrics  # admitted at once: nothing waited
     assert [p.value for p in metrics["nebius.datasets.gate.in_flight"]] == [0]
     assert [p.value for p in metrics["nebius.datasets.gate.waiting"]] == [0]
     assert [p.value for p in metrics["nebius.datasets.gate.budget"]] == [500.0]
@@ -312,3 +312,45 @@ async def test_uninstrument_stops_recording(fake: FakeDatasetsServer, tele: Tele
         assert not client.events.calls
         await client.move(fake.dataset_ids[0], "/i")
     assert tele.spans() == []
+
+
+async def test_gate_wait_on_the_call_span_and_histogram(
+    fake: FakeDatasetsServer, tele: Telemetry
+) -> None:
+    """With one place and two calls at once, the second waits for the first: its wait is on
+    its call span (nebius.gate.wait) and is the one point of the gate wait histogram.
+    """
+    slow = FakeDatasetsServer(datasets=2, api_key=KEY, faults=Faults(latency=0.2))
+    async with slow:
+        client, _ = instrumented(slow, tele, max_concurrency=1)
+        async with client:
+            await asyncio.gather(
+                client.move(slow.dataset_ids[0], "/w"), client.move(slow.dataset_ids[1], "/w")
+            )
+    waits = sorted(
+        float(s.attributes["nebius.gate.wait"])  # type: ignore[arg-type,index]
+        for s in by_name(tele.spans(), "PATCH")
+    )
+    assert waits[0] < 0.05
+    assert 0.15 < waits[1] < 1.0
+    (point,) = tele.metrics()["nebius.datasets.gate.wait"]
+    assert point.count == 1
+    assert point.sum == pytest.approx(waits[1])
+
+
+async def test_metrics_only(fake: FakeDatasetsServer, tele: Telemetry) -> None:
+    """instrument(traces=False) records the metrics, makes no span, sends no trace context."""
+    client = fake.client(_sleep=SleepRecorder())
+    instrument(
+        client,
+        tracer_provider=tele.tracer_provider,
+        meter_provider=tele.meter_provider,
+        traces=False,
+    )
+    async with client:
+        await client.move(fake.dataset_ids[0], "/x")
+    assert tele.spans() == []
+    (request,) = fake.requests
+    assert "traceparent" not in {k.lower() for k in request.headers}
+    (duration,) = tele.metrics()["http.client.request.duration"]
+    assert duration.count == 1
