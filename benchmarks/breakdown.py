@@ -14,7 +14,9 @@ rounds, microseconds per update):
 - bulk bookkeeping: ``patch_all`` over the stub, minus ``Caller.call`` per update;
 - observer: ``Caller.call`` with one no-op observer subscribed, minus without;
 - otel: ``Caller.call`` with ``nebius_datasets_async.otel`` on (SDK, dropping exporter),
-  minus without.
+  minus without; the same with 10% of the traces sampled, and with metrics only;
+- the SDK alone: the spans, context injection and histogram records that otel makes for one
+  call, made directly with the SDK (what no instrumentation of ours could go below).
 
 The transport (aiohttp itself and our adapter) is what the side-by-side benchmark
 (``cpu_per_update.py``) measures against the bare loop; this harness explains the rest.
@@ -164,9 +166,58 @@ def stages(n: int) -> dict[str, float]:
         instrument(client, tracer_provider=tracer_provider, meter_provider=meter_provider)
 
     out["otel (SDK, dropping exporter)"] = run_async(calls(otel), n) - call_total
+
+    def otel_sampled(client: DatasetsClient) -> None:
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        sampled = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1)))
+        sampled.add_span_processor(BatchSpanProcessor(Drop()))
+        instrument(client, tracer_provider=sampled, meter_provider=meter_provider)
+
+    out["otel, 10% of traces sampled"] = run_async(calls(otel_sampled), n) - call_total
+
+    def otel_metrics(client: DatasetsClient) -> None:
+        instrument(client, meter_provider=meter_provider, traces=False)
+
+    out["otel, metrics only (traces=False)"] = run_async(calls(otel_metrics), n) - call_total
+    out["the SDK alone: what otel records, without our code"] = sdk_floor(
+        n, tracer_provider, meter_provider
+    )
     tracer_provider.shutdown()
     meter_provider.shutdown()
     return out
+
+
+def sdk_floor(n: int, tracer_provider: Any, meter_provider: Any) -> float:
+    """The OpenTelemetry SDK's own cost for what one call records: a call span and an attempt
+    span with the same attributes, the trace context injected, two histogram records.
+    """
+    from opentelemetry import propagate, trace
+
+    tracer = tracer_provider.get_tracer("floor")
+    meter = meter_provider.get_meter("floor")
+    duration, wait = meter.create_histogram("floor.d", "s"), meter.create_histogram("floor.w", "s")
+    server = {"server.address": "127.0.0.1", "server.port": 8080}
+    answered = {"http.request.method": "PATCH", "http.response.status_code": 200, **server}
+    start = time.process_time()
+    for i in range(n):
+        call = tracer.start_span(
+            "PATCH", None, trace.SpanKind.INTERNAL, {"http.request.method": "PATCH", "id": str(i)}
+        )
+        attempt = tracer.start_span(
+            "PATCH /v1/datasets/{dataset_id}",
+            trace.set_span_in_context(call),
+            trace.SpanKind.CLIENT,
+            {"http.request.method": "PATCH", "url.full": f"http://h/v1/datasets/{i}", **server},
+        )
+        propagate.inject({}, trace.set_span_in_context(attempt))
+        attempt.set_attributes({"http.response.status_code": 200, "nebius.request_id": "r"})
+        attempt.end()
+        call.set_attributes({"nebius.attempts": 1, "nebius.gate.wait": 0.0})
+        call.end()
+        duration.record(0.01, answered)
+        wait.record(0.001, server)
+    return (time.process_time() - start) / n * 1e6
 
 
 def main() -> None:

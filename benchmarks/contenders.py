@@ -435,7 +435,6 @@ def main() -> None:
         print("ready", flush=True)
         sys.stdin.readline()
     if name.startswith("ours_otel"):  # import the SDK before the clock starts, as a service would
-
         import nebius_datasets_async.otel  # noqa: F401
     started_cpu = time.process_time()
     started = time.perf_counter()

@@ -354,3 +354,50 @@ async def test_metrics_only(fake: FakeDatasetsServer, tele: Telemetry) -> None:
     assert "traceparent" not in {k.lower() for k in request.headers}
     (duration,) = tele.metrics()["http.client.request.duration"]
     assert duration.count == 1
+
+
+async def test_fleet_pace_as_this_process_sees_it(tele: Telemetry) -> None:
+    """With a RedisFlowControl, the pace gauge reports the fleet's shared pace (pacing
+    "shared"), and the event stream had a PaceChanged with phase "shared".
+    """
+    pytest.importorskip("redis")
+    from nebius_datasets_async.events import PaceChanged
+    from nebius_datasets_async.redis import RedisFlowControl
+
+    from .redis_server import RedisServer, external_url
+
+    url = external_url()
+    server = None
+    if url is None:
+        server = RedisServer()
+        server.start()
+        url = server.url
+    try:
+        faults = Faults(rate_limit=200, burst=10, rate_limit_retry_after=1, latency=0.01)
+        async with FakeDatasetsServer(datasets=400, faults=faults, api_key=KEY) as fake:
+            flow = RedisFlowControl(url, namespace=f"otel-test-{id(tele)}")
+            paces: list[PaceChanged] = []
+            client, _ = instrumented(fake, tele, flow=flow)
+            client.events.subscribe(
+                type(
+                    "Paces",
+                    (),
+                    {"interests": (PaceChanged,), "__call__": lambda _, e: paces.append(e)},
+                )()
+            )
+            async with client:
+                report = await client.patch_all(
+                    DatasetUpdate(i, name="f") for i in fake.dataset_ids
+                )
+                (pace,) = tele.metrics()["nebius.datasets.gate.pace"]
+            await flow.aclose()
+    finally:
+        if server is not None:
+            server.close()
+    assert report.ok
+    assert dict(pace.attributes) == {"nebius.gate.pacing": "shared"}
+    assert 20 < pace.value < 2000
+    shared = [p for p in paces if p.phase == "shared"]
+    assert shared
+    assert shared[0].previous is None
+    assert shared[0].reason == "shared"
