@@ -378,13 +378,12 @@ async def test_fleet_pace_as_this_process_sees_it(tele: Telemetry) -> None:
             flow = RedisFlowControl(url, namespace=f"otel-test-{id(tele)}")
             paces: list[PaceChanged] = []
             client, _ = instrumented(fake, tele, flow=flow)
-            client.events.subscribe(
-                type(
-                    "Paces",
-                    (),
-                    {"interests": (PaceChanged,), "__call__": lambda _, e: paces.append(e)},
-                )()
-            )
+
+            def on_pace(event: PaceChanged) -> None:
+                paces.append(event)
+
+            on_pace.interests = (PaceChanged,)  # type: ignore[attr-defined]
+            client.events.subscribe(on_pace)
             async with client:
                 report = await client.patch_all(
                     DatasetUpdate(i, name="f") for i in fake.dataset_ids
