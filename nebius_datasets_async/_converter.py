@@ -204,7 +204,7 @@ def structure_dataset(obj: Any) -> Dataset:
             "response is not a Dataset", errors=(f"expected a JSON object @ $, got {_kind(obj)}",)
         )
     try:
-        return converter.structure(obj, Dataset)
+        return _dataset_fast(obj, Dataset)  # the converter's own hook, without its dispatch
     except Exception:  # any hook's error: structure again, slowly, to say where and why
         pass
     try:
