@@ -63,9 +63,6 @@ class Applier(Protocol):
     @property
     def flow(self) -> Flow: ...
 
-    @property
-    def events(self) -> Events: ...
-
     async def apply(
         self, update: DatasetUpdate, *, context: CallContext | None = None
     ) -> Dataset: ...
@@ -310,8 +307,8 @@ class BulkRun:
         self._concurrency = min(concurrency, flow.max_concurrency)
         # The run's subscribers: its progress callback, then the client's.
         self._events = Events([] if progress is None else [ProgressReporter(progress)])
-        client_events = client.events
-        if client_events.active:
+        client_events = getattr(client, "events", None)  # DatasetsClient's event stream
+        if isinstance(client_events, Events) and client_events.active:
             self._events.subscribe(client_events.emit)
         self._info: RunInfo | None = None
         self._clock = time.monotonic

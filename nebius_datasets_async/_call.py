@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -163,7 +162,8 @@ class Caller:
         """``_call`` between ``CallStarted`` and ``CallEnded``."""
         events = self.events
         ctx = context if context is not None else CallContext()
-        started = time.monotonic()
+        clock = asyncio.get_running_loop().time
+        started = clock()
         watch = _Watch(
             CallInfo(method=request.method, path=request.path, started=started, run=ctx.run)
         )
@@ -175,7 +175,7 @@ class Caller:
                 CallEnded(
                     watch.info,
                     ctx.attempts,
-                    time.monotonic() - started,
+                    clock() - started,
                     watch.waited,
                     watch.status,
                     exc,
@@ -187,7 +187,7 @@ class Caller:
             CallEnded(
                 watch.info,
                 ctx.attempts,
-                time.monotonic() - started,
+                clock() - started,
                 watch.waited,
                 watch.status,
                 None,
@@ -200,7 +200,10 @@ class Caller:
         if watch is not None:
             return watch.info
         return CallInfo(
-            method=request.method, path=request.path, started=time.monotonic(), run=ctx.run
+            method=request.method,
+            path=request.path,
+            started=asyncio.get_running_loop().time(),
+            run=ctx.run,
         )
 
     async def _call(
@@ -213,14 +216,18 @@ class Caller:
         # A sleep injected for tests returns at once; `skipped` adds the time it should have
         # taken, so that deadlines count it all the same.
         skipped = 0.0
-        deadline = None if policy.deadline is None else time.monotonic() + policy.deadline
+        clock = asyncio.get_running_loop().time  # time.monotonic, or a simulation's clock
+        deadline = None if policy.deadline is None else clock() + policy.deadline
         failures = 0
         error: DatasetsError | None = None
         while True:
             if stop is not None and stop.reason is not None:
                 raise stop.reason
             try:
-                ticket = await flow.admit(None if deadline is None else deadline - skipped)
+                ticket = await flow.admit(
+                    None if deadline is None else deadline - skipped,
+                    max_wait=policy.max_retry_after,
+                )
             except APITimeoutError:
                 if error is not None:
                     raise error from None  # the last attempt's error says more
@@ -240,7 +247,7 @@ class Caller:
                     outgoing = attrs.evolve(request, headers=extra)
             timeout = self.timeout
             if deadline is not None:
-                timeout = min(timeout, max(deadline - skipped - time.monotonic(), 0.001))
+                timeout = min(timeout, max(deadline - skipped - clock(), 0.001))
             if stats is not None:
                 stats.requests += 1
                 stats.in_flight += 1
@@ -258,7 +265,7 @@ class Caller:
                             attempt,
                             lost.value,
                             None,
-                            time.monotonic() - ticket.admitted_at,
+                            clock() - ticket.admitted_at,
                             exc,
                         )
                     )
@@ -274,7 +281,7 @@ class Caller:
                             watch.info,
                             attempt,
                             response.status,
-                            time.monotonic() - ticket.admitted_at,
+                            clock() - ticket.admitted_at,
                             request_id(response.headers),
                         )
                     )
@@ -293,7 +300,7 @@ class Caller:
                                 attempt,
                                 failure.value,
                                 response.status,
-                                time.monotonic() - ticket.admitted_at,
+                                clock() - ticket.admitted_at,
                                 error,
                             )
                         )
@@ -318,18 +325,18 @@ class Caller:
                 if failures >= policy.max_attempts or not flow.retry_allowed(failure):
                     raise error
                 delay = policy.delay(failures, retry_after, self._rand)
-            if deadline is not None and time.monotonic() + skipped + delay >= deadline:
+            if deadline is not None and clock() + skipped + delay >= deadline:
                 raise error
             if stats is not None:
                 stats.retries += 1
             if events.active:  # event: Retrying (the log line is a subscriber)
                 events.emit(Retrying(self._info(request, ctx, watch), attempt, delay, error))
-            started = time.monotonic()
+            started = clock()
             if stop is not None and self._sleep is asyncio.sleep:
                 await stop.sleep(delay)
             else:
                 await self._sleep(delay)
-            skipped += max(0.0, delay - (time.monotonic() - started))
+            skipped += max(0.0, delay - (clock() - started))
 
     def _settle_error(
         self, ticket: Ticket, request: Request, response: Response, limits: RateLimits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -21,11 +22,16 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ._bulk import BulkProgress, BulkRun, OutcomeStatus, PatchOutcome
+import attrs
+
+from ._bulk import BulkProgress, BulkRun, OutcomeStatus, PatchOutcome, ProgressCallback
+from ._call import CallContext
 from ._client import API_KEY_ENV, DatasetsClient, __version__
 from ._exceptions import DatasetsError, InvalidArgumentError
+from ._flow import Flow
 from ._models import Dataset, DatasetUpdate
 from ._plan import PlanEntry, PlanError, PlanFormat, read_plan, sniff_format
+from ._retry import RetryPolicy
 
 __all__ = ["main"]
 
@@ -66,16 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     bulk = sub.add_parser(
         "bulk",
         help="apply a plan file of updates",
-        description="Apply every update of PLAN (CSV dataset_id,name,folder or JSON Lines; "
-        "'-' reads standard input). The plan is checked whole before anything is sent.",
+        description="Apply every update of PLAN: CSV with a header naming dataset_id (or id), "
+        "name and/or folder in any order (without a header: dataset_id,name,folder), or JSON "
+        "Lines; '-' reads standard input. The plan is checked whole before anything is sent.",
     )
     bulk.add_argument("plan", help="plan file, or - for standard input")
     bulk.add_argument("--format", choices=("csv", "jsonl"), help="default: from the file")
     bulk.add_argument("--concurrency", type=_positive_int, default=32)
-    bulk.add_argument("--dry-run", action="store_true", help="GET each dataset; send no PATCH")
+    bulk.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read each dataset and print what would change; send no PATCH",
+    )
     bulk.add_argument("--journal", type=Path, help="append one JSON line per finished update")
     bulk.add_argument(
-        "--resume", type=Path, help="skip updates this journal records as applied (and append)"
+        "--resume",
+        type=Path,
+        help="skip updates this journal records as applied, and append to it (it must exist, "
+        "unless --journal is given too)",
     )
     bulk.add_argument("--skip-bad-lines", action="store_true", help="apply the valid lines")
     bulk.add_argument("--output", choices=("table", "json"), default="table")
@@ -120,11 +134,14 @@ def run(main: Coroutine[Any, Any, Any]) -> Any:
     """Run ``main`` on uvloop when it is installed (the ``speed`` extra), else asyncio's loop.
     Only the command line chooses a loop; the library runs on whatever loop its user runs.
     """
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        pass  # nothing is run inside this block, so no later error chains to the ImportError
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main)
 
 
@@ -181,34 +198,37 @@ def main(argv: list[str] | None = None) -> int:
 # -- single calls -----------------------------------------------------------------------------
 
 
-def _read_key(args: argparse.Namespace) -> str:
-    if args.api_key_file is not None:
-        try:
-            key: str = args.api_key_file.read_text(encoding="utf-8").strip()
-            mode = args.api_key_file.stat().st_mode
-        except OSError as exc:
-            raise UsageError(f"cannot read --api-key-file: {exc.strerror}") from None
-        if mode & 0o077:
-            print(
-                f"nebius-datasets: warning: {args.api_key_file} is readable by others "
-                f"(mode {mode & 0o777:03o}); chmod 600 it",
-                file=sys.stderr,
-            )
-        if not key:
-            raise UsageError("--api-key-file is empty")
-        return key
-    key = os.environ.get(API_KEY_ENV, "").strip()
+def _key_file(args: argparse.Namespace) -> str | None:
+    """The key from ``--api-key-file``, if given. Otherwise the client reads
+    ``$NEBIUS_API_KEY`` itself: the environment is read in one place, the library.
+    """
+    path: Path | None = args.api_key_file
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UsageError(f"cannot read --api-key-file: {exc.strerror}") from None
+    if mode & 0o077:
+        print(
+            f"nebius-datasets: warning: {path} is readable by others "
+            f"(mode {mode & 0o777:03o}); chmod 600 it",
+            file=sys.stderr,
+        )
     if not key:
-        raise UsageError(f"no API key: set {API_KEY_ENV} or pass --api-key-file")
+        raise UsageError("--api-key-file is empty")
     return key
 
 
 def _client(args: argparse.Namespace, **kwargs: Any) -> DatasetsClient:
     try:
         return DatasetsClient(
-            api_key=_read_key(args), base_url=args.base_url, timeout=args.timeout, **kwargs
+            api_key=_key_file(args), base_url=args.base_url, timeout=args.timeout, **kwargs
         )
     except InvalidArgumentError as exc:
+        if str(exc).startswith("no API key"):
+            raise UsageError(f"no API key: set {API_KEY_ENV} or pass --api-key-file") from None
         raise UsageError(str(exc)) from None
 
 
@@ -306,13 +326,23 @@ def _outcome_json(outcome: PatchOutcome) -> dict[str, Any]:
     return data
 
 
-def _applied_in_journal(path: Path) -> set[tuple[str, str | None, str | None]]:
+_Key = tuple[str, str | None, str | None]
+
+
+def _key(update: DatasetUpdate) -> _Key:
+    return (update.dataset_id, update.name, update.folder)
+
+
+def _applied_in_journal(path: Path) -> set[_Key]:
     """The updates a journal records as applied (a torn last line is ignored)."""
-    done: set[tuple[str, str | None, str | None]] = set()
+    done: set[_Key] = set()
     try:
         f = path.open(encoding="utf-8")
     except FileNotFoundError:
-        return done
+        raise UsageError(
+            f"--resume: no journal at {path}; to start a new one there, pass "
+            f"--journal {path} as well (or drop --resume)"
+        ) from None
     except OSError as exc:
         raise UsageError(f"cannot read --resume journal: {exc.strerror}") from None
     with f:
@@ -336,33 +366,98 @@ def _spool_stdin() -> Path:
     return Path(name)
 
 
+def _listed(lines: list[str], total: int) -> str:
+    """The first lines of a list, and how many more there are."""
+    shown = "\n".join(f"  {line}" for line in lines[:_MAX_LISTED])
+    if total > _MAX_LISTED:
+        shown += f"\n  ... and {total - _MAX_LISTED} more"
+    return shown
+
+
 def _check_plan(
-    path: Path, fmt: PlanFormat, skip_bad: bool, shard: tuple[int, int] | None = None
-) -> int:
+    path: Path,
+    fmt: PlanFormat,
+    skip_bad: bool,
+    shard: tuple[int, int] | None,
+    done: set[_Key],
+) -> tuple[int, int]:
     """Read the whole plan once; return how many valid entries it holds (in ``shard``, if
-    given), or raise UsageError listing the bad lines (unless ``skip_bad``).
+    given) and how many of them ``done`` holds, or raise UsageError listing the bad lines
+    (unless ``skip_bad``).
     """
     errors: list[PlanError] = []
+    count = already = 0
     try:
-        count = sum(1 for e in read_plan(path, fmt, errors=errors) if _in_shard(e, shard))
+        for entry in read_plan(path, fmt, errors=errors):
+            if _in_shard(entry, shard):
+                count += 1
+                already += _key(entry.update) in done
+    except PlanError as exc:  # a header that cannot be read safely: no line is usable
+        raise UsageError(f"the plan cannot be read; nothing was sent:\n  {exc}") from None
     except OSError as exc:
         raise UsageError(f"cannot read the plan: {exc.strerror or exc}") from None
     if errors:
-        listed = "\n".join(f"  {e}" for e in errors[:_MAX_LISTED])
-        more = f"\n  ... and {len(errors) - _MAX_LISTED} more" if len(errors) > _MAX_LISTED else ""
+        listed = _listed([str(e) for e in errors], len(errors))
         if not skip_bad:
             raise UsageError(
-                f"the plan has {len(errors)} bad line(s); nothing was sent:\n{listed}{more}\n"
+                f"the plan has {len(errors)} bad line(s); nothing was sent:\n{listed}\n"
                 "(--skip-bad-lines applies the valid lines anyway)"
             )
-        print(f"skipping {len(errors)} bad line(s):\n{listed}{more}", file=sys.stderr)
+        print(f"skipping {len(errors)} bad line(s):\n{listed}", file=sys.stderr)
     if count == 0 and shard is None:
         raise UsageError("the plan holds no updates")
-    return count
+    return count, already
 
 
 def _in_shard(entry: PlanEntry, shard: tuple[int, int] | None) -> bool:
     return shard is None or shard_of(entry.update.dataset_id, shard[1]) == shard[0]
+
+
+class _Tally:
+    """Where every update of a plan stands, for the progress line and the summary: done
+    (applied, or checked by a dry run), failed, skipped (the run stopped first), not started,
+    or done by an earlier run (``--resume``). Also measures the pace the gate held.
+    """
+
+    def __init__(self, total: int, already: int = 0, *, verb: str = "applied") -> None:
+        self.total = total
+        self.already = already
+        self.verb = verb
+        self.last: BulkProgress | None = None
+        self._paced_from: BulkProgress | None = None
+
+    def seen(self, progress: BulkProgress) -> None:
+        """Record a snapshot of the run."""
+        self.last = progress
+        if self._paced_from is None and progress.rate_limit is not None:
+            self._paced_from = progress
+
+    def not_started(self, p: BulkProgress) -> int:
+        """Updates of the plan with no outcome that are not in flight either (after a second
+        Ctrl-C, those abandoned in flight too).
+        """
+        return max(0, self.total - self.already - p.done - p.in_flight)
+
+    def counts(self, p: BulkProgress) -> str:
+        done = self.already + p.succeeded
+        earlier = f" ({self.already} applied earlier)" if self.already else ""
+        return (
+            f"{done}/{self.total} {self.verb}{earlier}, {p.failed} failed, {p.skipped} skipped, "
+            f"{self.not_started(p)} not started"
+        )
+
+    def pace(self, final: BulkProgress) -> float | None:
+        """Requests per second the run sent while the gate paced it, or ``None`` when the
+        gate did not pace it long enough (half a second and ten requests) to say.
+        """
+        start = self._paced_from
+        if start is None:
+            return None
+        seconds = final.elapsed - start.elapsed
+        sent = final.requests - start.requests
+        if seconds < 0.5 or sent < 10:
+            return None
+        return sent / seconds
 
 
 class _Display(Protocol):
@@ -373,8 +468,8 @@ class _Display(Protocol):
 class _PlainDisplay:
     """A line on stderr every few seconds, for logs and pipes."""
 
-    def __init__(self, total: int, interval: float = 2.0) -> None:
-        self._total = total
+    def __init__(self, tally: _Tally, interval: float = 2.0) -> None:
+        self._tally = tally
         self._interval = interval
         self._last = 0.0
 
@@ -384,11 +479,10 @@ class _PlainDisplay:
             return
         self._last = now
         rate = p.throughput
-        eta = (self._total - p.done) / rate if rate > 0 else float("inf")
-        eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
+        left = self._tally.total - self._tally.already - p.done
+        eta = "" if p.finished else f", ETA {left / rate:.0f}s" if rate > 0 else ", ETA ?"
         print(
-            f"progress: {p.done}/{self._total} done, {p.failed} failed, {p.in_flight} in flight, "
-            f"{rate:.0f}/s, ETA {eta_text}",
+            f"progress: {self._tally.counts(p)}, {p.in_flight} in flight, {rate:.0f}/s{eta}",
             file=sys.stderr,
             flush=True,
         )
@@ -400,7 +494,7 @@ class _PlainDisplay:
 class _RichDisplay:
     """A live progress bar (rich) on a terminal."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, tally: _Tally) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -409,51 +503,85 @@ class _RichDisplay:
             TimeRemainingColumn,
         )
 
+        self._tally = tally
         self._progress = Progress(
-            TextColumn("[bold]datasets"),
+            TextColumn(f"[bold]{tally.verb}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[detail]}"),
             TimeRemainingColumn(),
             transient=False,
         )
-        self._task = self._progress.add_task("bulk", total=total, detail="")
+        self._task = self._progress.add_task(
+            "bulk", total=tally.total, completed=tally.already, detail=""
+        )
         self._progress.start()
 
     def update(self, p: BulkProgress) -> None:
-        detail = f"failed {p.failed} · in flight {p.in_flight} · {p.throughput:.0f}/s"
+        tally = self._tally
+        detail = (
+            f"failed {p.failed} · skipped {p.skipped} · not started {tally.not_started(p)} · "
+            f"in flight {p.in_flight} · {p.throughput:.0f}/s"
+        )
         if p.paused:
             detail += " · paused by the server"
-        self._progress.update(self._task, completed=p.done, detail=detail)
+        self._progress.update(self._task, completed=tally.already + p.succeeded, detail=detail)
 
     def close(self) -> None:
         self._progress.stop()
 
 
-def _display(total: int, disabled: bool) -> _Display | None:
+def _display(tally: _Tally, disabled: bool) -> _Display | None:
     if disabled:
         return None
     if sys.stderr.isatty():
         try:
-            return _RichDisplay(total)
+            return _RichDisplay(tally)
         except ImportError:
             pass
-    return _PlainDisplay(total)
+    return _PlainDisplay(tally)
+
+
+def _watch(tally: _Tally, display: _Display | None) -> ProgressCallback:
+    """The run's progress callback: the tally always sees it, the display when there is one."""
+
+    def seen(progress: BulkProgress) -> None:
+        tally.seen(progress)
+        if display is not None:
+            display.update(progress)
+
+    return seen
+
+
+@attrs.define
+class _CtrlC:
+    """How many times Ctrl-C was pressed during a run: once stops it gracefully, twice
+    abandons the requests in flight.
+    """
+
+    presses: int = 0
+
+    @property
+    def abandoned(self) -> bool:
+        return self.presses > 1
 
 
 @contextlib.contextmanager
-def _interrupts(run: BulkRun) -> Iterator[list[bool]]:
-    """First Ctrl-C stops the run gracefully; a second one cancels it at once."""
+def _interrupts(run: BulkRun) -> Iterator[_CtrlC]:
+    """First Ctrl-C stops the run gracefully; a second one cancels the command's task, which
+    catches that cancellation (``_abandon``) to print its summary and exit 130.
+    """
     loop = asyncio.get_running_loop()
-    interrupted: list[bool] = []
+    ctrl_c = _CtrlC()
     main_task = asyncio.current_task()
 
     def on_sigint() -> None:
-        if interrupted:
-            if main_task is not None:
+        ctrl_c.presses += 1
+        if ctrl_c.presses > 1:
+            if ctrl_c.presses == 2 and main_task is not None:
+                print("\ninterrupted again: abandoning the requests in flight", file=sys.stderr)
                 main_task.cancel()
             return
-        interrupted.append(True)
         print(
             "\ninterrupted: finishing requests in flight (Ctrl-C again to abandon them)",
             file=sys.stderr,
@@ -466,10 +594,56 @@ def _interrupts(run: BulkRun) -> Iterator[list[bool]]:
     except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
         installed = False
     try:
-        yield interrupted
+        yield ctrl_c
     finally:
         if installed:
             loop.remove_signal_handler(signal.SIGINT)
+
+
+@contextlib.asynccontextmanager
+async def _abandon(ctrl_c: _CtrlC) -> AsyncIterator[None]:
+    """Swallow the cancellation a second Ctrl-C caused (and only that one)."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not ctrl_c.abandoned or task is None or task.uncancel() > 0:
+            raise
+
+
+class _Check:
+    """The per-update operation of a dry run: read the dataset (a GET through the client's
+    gate and retry loop, with the run's counters and stop signal) instead of changing it.
+    Handed to ``BulkRun`` in place of the client, so a dry run is the same engine as a real run.
+    """
+
+    def __init__(self, client: DatasetsClient) -> None:
+        self._client = client
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._client.retry
+
+    @property
+    def flow(self) -> Flow:
+        return self._client.flow
+
+    async def apply(self, update: DatasetUpdate, *, context: CallContext | None = None) -> Dataset:
+        return await self._client.get_dataset(update.dataset_id, context=context)
+
+
+def _changes(update: DatasetUpdate, ds: Dataset) -> dict[str, list[str]]:
+    """What ``update`` would change on ``ds``: field -> [now, then]."""
+    changes: dict[str, list[str]] = {}
+    if update.name is not None and update.name != ds.name:
+        changes["name"] = [ds.name, update.name]
+    if update.folder is not None and update.folder != ds.folder:
+        changes["folder"] = [ds.folder, update.folder]
+    return changes
+
+
+def _error_text(outcome: PatchOutcome) -> str:
+    return f"{type(outcome.error).__name__}: {outcome.error}"
 
 
 async def _bulk(args: argparse.Namespace) -> int:
@@ -479,28 +653,34 @@ async def _bulk(args: argparse.Namespace) -> int:
         if not spooled and not path.is_file():
             raise UsageError(f"no plan file at {path}")
         fmt: PlanFormat = args.format or sniff_format(path)
-        total = _check_plan(path, fmt, args.skip_bad_lines, args.shard)
+        done = set() if args.resume is None else _resumable(args)
+        total, already = _check_plan(path, fmt, args.skip_bad_lines, args.shard, done)
         if args.shard is not None:
             k, n = args.shard
             print(f"shard {k}/{n}: {total} update(s) of this plan", file=sys.stderr)
-        journal_path = args.journal or args.resume
-        done = _applied_in_journal(args.resume) if args.resume else set()
+        journal_path = None if args.dry_run else args.journal or args.resume
         client = _client(args, **_flow_options(args))
         async with client, contextlib.AsyncExitStack() as stack:
             flow = client.flow
             if hasattr(flow, "aclose"):
                 stack.push_async_callback(flow.aclose)
-            if args.dry_run:
-                return await _dry_run(client, path, fmt, args, done)
             journal = Journal(journal_path) if journal_path else None
-            try:
-                return await _apply_plan(client, path, fmt, args, total, done, journal)
-            finally:
-                if journal is not None:
-                    journal.close()
+            if journal is not None:
+                stack.callback(journal.close)
+            tally = _Tally(total, already, verb="checked" if args.dry_run else "applied")
+            return await _run_plan(client, path, fmt, args, tally, done, journal)
     finally:
         if spooled:
             path.unlink(missing_ok=True)
+
+
+def _resumable(args: argparse.Namespace) -> set[_Key]:
+    """What ``--resume`` says was applied; a missing journal is fine only with ``--journal``
+    (which starts one).
+    """
+    if args.journal is not None and not args.resume.exists():
+        return set()
+    return _applied_in_journal(args.resume)
 
 
 def _flow_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -523,131 +703,122 @@ def _entries(path: Path, fmt: PlanFormat, args: argparse.Namespace) -> Iterator[
     return (e for e in read_plan(path, fmt, errors=errors) if _in_shard(e, shard))
 
 
-async def _apply_plan(
+async def _run_plan(
     client: DatasetsClient,
     path: Path,
     fmt: PlanFormat,
     args: argparse.Namespace,
-    total: int,
-    done: set[tuple[str, str | None, str | None]],
+    tally: _Tally,
+    done: set[_Key],
     journal: Journal | None,
 ) -> int:
-    resumed = 0
-
-    def pending() -> Iterator[DatasetUpdate]:
-        nonlocal resumed
-        for entry in _entries(path, fmt, args):
-            u = entry.update
-            if (u.dataset_id, u.name, u.folder) in done:
-                resumed += 1
-                continue
-            yield u
-
-    display = _display(total, args.no_progress)
-    failures: list[PatchOutcome] = []
-    run = client.patch_many(
-        pending(), concurrency=args.concurrency, progress=display.update if display else None
+    """Apply (or, with --dry-run, check) every pending update of the plan through one
+    ``BulkRun``: the same engine, gate, progress and output for both.
+    """
+    dry_run: bool = args.dry_run
+    as_json = args.output == "json"
+    pending = (e.update for e in _entries(path, fmt, args) if _key(e.update) not in done)
+    display = _display(tally, args.no_progress)
+    failed: list[str] = []
+    skipped: collections.Counter[str] = collections.Counter()
+    run = BulkRun(
+        _Check(client) if dry_run else client,
+        pending,
+        concurrency=args.concurrency,
+        progress=_watch(tally, display),
     )
     try:
-        with _interrupts(run) as interrupted:
-            async with run:
+        with _interrupts(run) as ctrl_c:
+            async with _abandon(ctrl_c), run:
                 async for outcome in run:
-                    if outcome.status is not OutcomeStatus.SKIPPED and journal is not None:
+                    if journal is not None and outcome.status is not OutcomeStatus.SKIPPED:
                         journal.write(outcome)
-                    if args.output == "json":
+                    if outcome.status is OutcomeStatus.SKIPPED:
+                        skipped[str(outcome.error)] += 1
+                    elif outcome.status is OutcomeStatus.FAILED and len(failed) < _MAX_LISTED:
+                        failed.append(f"{outcome.update.dataset_id}  {_error_text(outcome)}")
+                    if dry_run:
+                        _print_check(outcome, as_json)
+                    elif as_json:
                         print(json.dumps(_outcome_json(outcome), ensure_ascii=False), flush=True)
-                    if not outcome.ok and len(failures) < _MAX_LISTED:
-                        failures.append(outcome)
+        final = run.progress()
+        if display is not None and not final.finished:  # abandoned: the run never finished
+            display.update(attrs.evolve(final, finished=True))
+        tally.seen(final)
     finally:
         if display is not None:
             display.close()
-    report = run.report()
-    summary = {
-        "applied": report.succeeded,
-        "failed": report.failed,
-        "skipped": report.skipped,
-        "already_applied": resumed,
-        "total": total,
-        "requests": report.requests,
-        "retries": report.retries,
-        "throttled": report.throttled,
-        "final_rate": None if report.final_rate is None else round(report.final_rate, 1),
-        "seconds": round(report.elapsed, 3),
-        "interrupted": bool(interrupted),
-    }
-    pace = "unpaced" if report.final_rate is None else f"paced at {report.final_rate:.0f}/s"
-    if args.output == "json":
-        print(json.dumps({"summary": summary}))
-    else:
-        for outcome in failures:
-            error = outcome.error
-            kind = type(error).__name__
-            print(f"{outcome.status.value:<8} {outcome.update.dataset_id}  {kind}: {error}")
-        print(
-            f"{report.succeeded} applied, {report.failed} failed, {report.skipped} left undone, "
-            f"{resumed} already applied (of {total}); {report.requests} requests, "
-            f"{report.retries} retries, {report.throttled} answered 429, {pace}, "
-            f"{report.elapsed:.1f}s"
-        )
-    if interrupted:
+    _print_summary(tally, final, args, failed, skipped, ctrl_c)
+    if ctrl_c.presses:
         return EXIT_INTERRUPTED
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return EXIT_OK if final.failed == 0 and final.skipped == 0 else EXIT_FAILED
 
 
-async def _dry_run(
-    client: DatasetsClient,
-    path: Path,
-    fmt: PlanFormat,
+def _print_check(outcome: PatchOutcome, as_json: bool) -> None:
+    """One line of a dry run: what the update would change, or why it cannot be checked."""
+    update, ds = outcome.update, outcome.dataset
+    if as_json:
+        data: dict[str, Any] = {"dataset_id": update.dataset_id, "status": "checked"}
+        if ds is not None:
+            data["changes"] = _changes(update, ds)
+        else:
+            data["status"] = outcome.status.value
+            data["error"] = _error_text(outcome)
+        print(json.dumps(data, ensure_ascii=False), flush=True)
+    elif ds is not None:
+        changes = _changes(update, ds)
+        text = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) or "unchanged"
+        print(f"{update.dataset_id}: {text}", flush=True)
+    elif outcome.status is OutcomeStatus.FAILED:
+        print(f"{update.dataset_id}: cannot check ({_error_text(outcome)})", flush=True)
+
+
+def _print_summary(
+    tally: _Tally,
+    final: BulkProgress,
     args: argparse.Namespace,
-    done: set[tuple[str, str | None, str | None]],
-) -> int:
-    """GET every dataset of the plan and say what would change; send no PATCH."""
-    failed = 0
-
-    async def describe(update: DatasetUpdate) -> str:
-        nonlocal failed
-        try:
-            ds = await client.get_dataset(update.dataset_id)
-        except DatasetsError as exc:
-            failed += 1
-            return f"{update.dataset_id}: cannot check ({type(exc).__name__}: {exc})"
-        changes = []
-        if update.name is not None and update.name != ds.name:
-            changes.append(f"name {ds.name!r} -> {update.name!r}")
-        if update.folder is not None and update.folder != ds.folder:
-            changes.append(f"folder {ds.folder!r} -> {update.folder!r}")
-        return f"{update.dataset_id}: {', '.join(changes) if changes else 'unchanged'}"
-
-    async for line in _bounded_map(
-        describe,
-        (
-            e.update
-            for e in _entries(path, fmt, args)
-            if (e.update.dataset_id, e.update.name, e.update.folder) not in done
-        ),
-        args.concurrency,
-    ):
-        print(line)
-    print(f"dry run: nothing was sent; {failed} dataset(s) could not be checked", file=sys.stderr)
-    return EXIT_OK if failed == 0 else EXIT_FAILED
-
-
-async def _bounded_map(
-    fn: Callable[[DatasetUpdate], Any], items: Iterator[DatasetUpdate], limit: int
-) -> AsyncIterator[str]:
-    """Run ``fn`` over ``items`` with at most ``limit`` at once, yielding results in order."""
-    window: list[asyncio.Task[str]] = []
-    try:
-        for item in items:
-            window.append(asyncio.ensure_future(fn(item)))
-            if len(window) >= limit:
-                yield await window.pop(0)
-        while window:
-            yield await window.pop(0)
-    finally:
-        for task in window:
-            task.cancel()
-        await asyncio.gather(*window, return_exceptions=True)
+    failed: list[str],
+    skipped: collections.Counter[str],
+    ctrl_c: _CtrlC,
+) -> None:
+    pace = tally.pace(final)
+    verb = tally.verb
+    if args.dry_run:
+        print(f"dry run: no PATCH was sent ({final.requests} GET requests)", file=sys.stderr)
+    not_started = tally.not_started(final)
+    if args.output == "json":
+        summary = {
+            verb: final.succeeded,
+            "failed": final.failed,
+            "skipped": final.skipped,
+            "not_started": not_started,
+            "already_applied": tally.already,
+            "total": tally.total,
+            "requests": final.requests,
+            "retries": final.retries,
+            "throttled": final.throttled,
+            "paced_at": None if pace is None else round(pace, 1),
+            "seconds": round(final.elapsed, 3),
+            "interrupted": bool(ctrl_c.presses),
+            "dry_run": bool(args.dry_run),
+        }
+        print(json.dumps({"summary": summary}), flush=True)
+        return
+    if not ctrl_c.abandoned and not args.dry_run:
+        if failed:
+            print(f"failed ({final.failed}):\n{_listed(failed, final.failed)}")
+        for reason, count in skipped.most_common():
+            print(f"skipped ({count}): {reason}")
+    paced = "" if pace is None else f", paced at {pace:.0f}/s"
+    print(
+        f"{final.succeeded} {verb}, {final.failed} failed, {final.skipped} skipped, "
+        f"{not_started} not started, {tally.already} already applied "
+        f"(of {tally.total}); {final.requests} requests, {final.retries} retries, "
+        f"{final.throttled} answered 429{paced}, {final.elapsed:.1f}s",
+        # a dry run's standard output is one line per dataset, for pipes
+        file=sys.stderr if args.dry_run else sys.stdout,
+        flush=True,
+    )
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -679,14 +850,15 @@ async def _demo(args: argparse.Namespace) -> int:
             i: DatasetUpdate(i, name=f"{rec['name']}-archived", folder="/archive/2026")
             for i, rec in fake.store.items()
         }
-        display = _display(len(targets), args.no_progress)
+        tally = _Tally(len(targets))
+        display = _display(tally, args.no_progress)
         applied: dict[str, Dataset] = {}
         failed: list[PatchOutcome] = []
         async with fake.client(max_concurrency=args.concurrency) as client:
-            run = client.patch_many(targets.values(), progress=display.update if display else None)
+            run = client.patch_many(targets.values(), progress=_watch(tally, display))
             try:
-                with _interrupts(run) as interrupted:
-                    async with run:
+                with _interrupts(run) as ctrl_c:
+                    async with _abandon(ctrl_c), run:
                         async for outcome in run:
                             if outcome.ok and outcome.dataset is not None:
                                 applied[outcome.update.dataset_id] = outcome.dataset
@@ -710,12 +882,13 @@ async def _demo(args: argparse.Namespace) -> int:
         f"{stats.statuses[429]} answered 429, {stats.statuses[500]} answered 500, "
         f"{stats.resets} connections reset"
     )
-    for outcome in failed[:_MAX_LISTED]:
-        print(f"  failed {outcome.update.dataset_id}: {outcome.error}")
+    if failed:
+        lines = [f"failed {o.update.dataset_id}: {o.error}" for o in failed[:_MAX_LISTED]]
+        print(_listed(lines, len(failed)))
     if mismatches:
         print(f"verification FAILED: {len(mismatches)} datasets differ from the server's record")
         return EXIT_FAILED
     print(f"verified: every applied update matches the server's final record ({len(applied)})")
-    if interrupted:
+    if ctrl_c.presses:
         return EXIT_INTERRUPTED
     return EXIT_OK if not failed else EXIT_FAILED

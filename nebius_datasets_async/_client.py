@@ -61,6 +61,8 @@ def resolve_base_url(base_url: str | None) -> str:
     """The API root to use: the argument, else ``$NEBIUS_BASE_URL``, else the public API.
 
     Refuses plain ``http://`` unless the host is loopback, so a key never travels in clear text.
+    A root ending in ``/v1`` (a URL copied from the API reference) means the same root: the
+    client adds ``/v1/datasets/...`` itself.
     """
     raw = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     try:
@@ -76,7 +78,10 @@ def resolve_base_url(base_url: str | None) -> str:
         )
     if url.query_string or url.fragment or url.user or url.password:
         raise InvalidArgumentError("base_url must not carry a query, a fragment or credentials")
-    return str(url).rstrip("/")
+    root = str(url).rstrip("/")
+    if root.endswith("/v1"):
+        root = root.removesuffix("/v1")
+    return root
 
 
 def resolve_api_key(api_key: str | None) -> str:
@@ -284,14 +289,15 @@ class DatasetsClient:
 
     # -- single calls ------------------------------------------------------------------------
 
-    async def get_dataset(self, dataset_id: str) -> Dataset:
+    async def get_dataset(self, dataset_id: str, *, context: CallContext | None = None) -> Dataset:
         """Fetch one dataset (``GET /v1/datasets/{dataset_id}``), retrying per the policy.
 
         Raises ``InvalidArgumentError`` for an unusable id, ``NotFoundError`` and the other
         ``APIStatusError`` subclasses, ``APIConnectionError`` / ``APITimeoutError`` after the
         last attempt, ``ResponseValidationError`` for a body that is not a Dataset.
+        ``context`` is as for ``apply`` (a dry run of the command line reads through it).
         """
-        return await self._caller.call(build_get(dataset_id))
+        return await self._caller.call(build_get(dataset_id), context)
 
     async def patch_dataset(
         self, dataset_id: str, *, name: str | None = None, folder: str | None = None

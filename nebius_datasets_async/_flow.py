@@ -56,7 +56,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from ._events import BudgetSpent, Events, PaceChanged, Paused
-from ._exceptions import APITimeoutError
+from ._exceptions import APITimeoutError, RateLimitError
 from ._protocol import RateLimits
 from ._validate import check
 
@@ -86,6 +86,7 @@ _RECENT_SUCCESS = 2.0  # seconds: an overload is not an outage if a success came
 _PEAK_WINDOW = 0.5  # seconds over which the admitted rate is measured for the floor
 _PEAK_HALF_LIFE = 60.0  # seconds: the best admitted rate counts for less as it ages
 _FLOOR = 0.5  # the pace never falls below this share of the best admitted rate
+_MAX_OVER_PEAK = 4.0  # ... and never grows above this many times it
 _REPORT_RISE = 1.25  # a rise of the pace this large (since the last report) is a PaceChanged
 
 
@@ -156,9 +157,13 @@ class Flow(Protocol):
     @property
     def max_concurrency(self) -> int: ...
 
-    async def admit(self, deadline: float | None = None) -> Ticket:
-        """Wait until a request may be sent; ``deadline`` is a ``time.monotonic()`` value
-        after which waiting raises ``APITimeoutError``.
+    async def admit(
+        self, deadline: float | None = None, *, max_wait: float | None = None
+    ) -> Ticket:
+        """Wait until a request may be sent. ``deadline`` is a ``time.monotonic()`` value
+        after which waiting raises ``APITimeoutError``; when everyone must wait longer than
+        ``max_wait`` seconds (or past the deadline), ``RateLimitError`` is raised at once
+        with ``retry_after`` saying when to try again.
         """
         ...
 
@@ -382,25 +387,39 @@ class FlowControl:
     def bind(self, identity: str) -> None:
         """Nothing to do: this flow's state lives in this process."""
 
-    async def admit(self, deadline: float | None = None, *, paced: bool = True) -> Ticket:
+    async def admit(
+        self,
+        deadline: float | None = None,
+        *,
+        max_wait: float | None = None,
+        paced: bool = True,
+    ) -> Ticket:
         """Wait for a place, then for the end of any pause and for a pacing slot; return the
         ticket of the admitted request. Raises ``APITimeoutError`` if ``deadline`` (a
-        ``clock()`` value) would pass first; nothing is held then. ``paced=False`` waits for
-        the place only (a flow shared across processes paces through its own schedule).
+        ``clock()`` value) would pass first, and ``RateLimitError`` at once when everyone
+        must wait (a pause, a spent quota) longer than ``max_wait`` seconds or past the
+        deadline, with ``retry_after`` saying when to try again. Nothing is held then: a
+        caller that leaves gives its place and its pacing slot back at once. ``paced=False``
+        waits for the place only (a flow shared across processes paces through its own
+        schedule).
         """
+        with self._lock:
+            self._check_hold(self._clock(), deadline, max_wait)
         waited_place = await self._take_place(deadline)
         placed: float | None = None
         if not paced:
             with self._lock:
                 self._requests += 1
                 return Ticket(self._epoch, self._clock(), waited_place=waited_place)
+        booked = 0.0  # the interval of the slot this caller holds in the schedule (0: none)
         try:
             while True:
                 with self._lock:
                     now = self._clock()
                     if placed is None:
                         placed = now
-                    wait, epoch = self._book(now)
+                    self._check_hold(now, deadline, max_wait)
+                    wait, epoch, booked = self._book(now)
                     if wait <= 0:
                         self._requests += 1
                         return Ticket(
@@ -423,29 +442,59 @@ class FlowControl:
                         return Ticket(
                             epoch, now, waited_place=waited_place, waited_slot=now - placed
                         )
-                # the rate changed or a pause began while waiting: book again
+                    # The pace changed or a pause began while waiting: book again. (The slot
+                    # left behind still counts in the schedule, which spaces the requests
+                    # after a cut; the law's tuning depends on it, see docs/flow-control.md.)
+                    booked = 0.0
         except BaseException:
             with self._lock:
+                self._give_back(booked, self._clock())
                 self._free_place()
             raise
 
-    def _book(self, now: float) -> tuple[float, int]:
-        """Seconds to wait before sending (0: send now), and the epoch of that decision.
-        Books a pacing slot when a rate is in force. Under the lock.
+    def _give_back(self, interval: float, now: float) -> None:
+        """A caller leaves the slot it booked: the schedule moves back by one slot, so it
+        never runs ahead of the callers still waiting. Under the lock.
+        """
+        if interval > 0 and self._next_slot > now:
+            self._next_slot = max(self._next_slot - interval, now)
+
+    def _check_hold(self, now: float, deadline: float | None, max_wait: float | None) -> None:
+        """Raise at once when everyone must wait longer than ``max_wait`` or past the
+        deadline: the caller gets the library's error saying when to try again instead of
+        hanging. Under the lock.
+        """
+        wait = max(self._hold_until, self._header_until) - now
+        if wait <= 0:
+            return
+        too_long = max_wait is not None and wait > max_wait
+        if not too_long and (deadline is None or now + wait <= deadline):
+            return
+        why = "longer than max_retry_after" if too_long else "past the call's deadline"
+        raise RateLimitError(
+            f"every request must wait {wait:.1f} s more (the server's Retry-After or quota), {why}",
+            status_code=429,
+            detail=f"every request waits {wait:.1f} s",
+            retry_after=wait,
+        )
+
+    def _book(self, now: float) -> tuple[float, int, float]:
+        """Seconds to wait before sending (0: send now), the epoch of that decision, and the
+        interval of the pacing slot booked (0: none). Under the lock.
         """
         hold = max(self._hold_until, self._header_until)
         if now < hold:
-            return hold - now, self._epoch
+            return hold - now, self._epoch, 0.0
         rate = self._header_rate if self._header_rate is not None else self._rate
         if rate is None:
-            return 0.0, self._epoch
+            return 0.0, self._epoch, 0.0
         interval = 1.0 / rate
         slot = max(self._next_slot, now - interval)
         self._next_slot = slot + interval
         if slot > now:
             self._last_paced = now
-            return slot - now, self._epoch
-        return 0.0, self._epoch
+            return slot - now, self._epoch, interval
+        return 0.0, self._epoch, interval
 
     async def _take_place(self, deadline: float | None) -> float:
         """Wait for a place; return the seconds waited (0.0 when one was free)."""
@@ -682,12 +731,15 @@ class FlowControl:
             # No throttle for a while although the pace holds requests back: the limit rose,
             # or other clients left. Search upward fast again, as at first contact.
             self._searching = True
+        # However long it grows, the pace stays within a few times what the server was seen
+        # to admit: a pace it is not holding is never reported (nor kept).
+        ceiling = _MAX_OVER_PEAK * self._note_peak(now, 0.0)
         if self._searching:
             step = max(_SEARCH_DOUBLING, 2.0 * self._latency, _WINDOW_SAMPLES / rate)
-            self._rate = rate * 2.0 ** (min(dt, 1.0) / step)
+            self._rate = min(rate * 2.0 ** (min(dt, 1.0) / step), max(ceiling, rate))
             return
         speed = min(_MAX_PROBE, self._probe * 2.0 ** (max(quiet, 0.0) / _PROBE_DOUBLING))
-        self._rate = rate * (1.0 + speed * min(dt, 1.0))
+        self._rate = min(rate * (1.0 + speed * min(dt, 1.0)), max(ceiling, rate))
 
     def _note_peak(self, now: float, admitted: float) -> float:
         """Record an admitted rate; return the best one, halving every ``_PEAK_HALF_LIFE``."""

@@ -1,9 +1,22 @@
 """Plan files for the command line: CSV or JSON Lines, validated in one streaming pass.
 
-A plan lists one update per line: ``dataset_id,name,folder`` in CSV (an empty cell leaves that
-field unchanged; a header row with those names is optional), or one JSON object per line with
-``dataset_id`` and ``name`` and/or ``folder``. A UTF-8 BOM and CRLF line ends are accepted.
-A dataset id may appear only once in a plan.
+A plan lists one update per line. An empty value leaves that field unchanged. A UTF-8 BOM and
+CRLF line ends are accepted; a dataset id may appear only once in a plan.
+
+**CSV.** Columns are found by the header's names, in any order: ``dataset_id`` (or ``id``),
+``name`` and ``folder`` (case, surrounding spaces, and ``-`` or a space for ``_`` do not
+matter: ``Dataset ID`` is ``dataset_id``). A header needs ``dataset_id`` and at least one of
+the other two; a column of any other name is refused, never guessed. Without a header the
+columns are ``dataset_id,name,folder`` in that order (the third may be left out).
+
+Whether the first line is a header: it is one when one of its cells is a known column name, or
+when it *could* be one, that is every cell is filled and made only of letters, spaces, ``_``
+and ``-`` (no digit, ``/`` or ``.``, which dataset ids, folders and most names hold). Such a
+line whose names are not all known is refused with the columns found and the ones expected,
+and nothing is sent; a headerless plan whose first line reads like names gets a header.
+
+**JSON Lines.** One object per line with ``dataset_id`` and ``name`` and/or ``folder``, by
+field name; another key is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +34,29 @@ import attrs
 from ._exceptions import InvalidArgumentError
 from ._models import DatasetUpdate
 
-__all__ = ["PlanEntry", "PlanError", "PlanFormat", "read_plan", "sniff_format"]
+__all__ = [
+    "COLUMN_ALIASES",
+    "PlanEntry",
+    "PlanError",
+    "PlanHeaderError",
+    "PlanFormat",
+    "read_plan",
+    "sniff_format",
+]
 
 PlanFormat = Literal["csv", "jsonl"]
-_HEADER = ("dataset_id", "name", "folder")
-_JSON_KEYS = frozenset(_HEADER)
+_COLUMNS = ("dataset_id", "name", "folder")
+#: The header names each column is recognised by (after normalising case, spaces and ``-``).
+COLUMN_ALIASES: dict[str, str] = {
+    "dataset_id": "dataset_id",
+    "id": "dataset_id",
+    "name": "name",
+    "folder": "folder",
+}
+_EXPECTED = "dataset_id (or id), and name and/or folder, in any order"
+_JSON_KEYS = frozenset(_COLUMNS)
+# A cell that could be a column's name: letters, spaces, '_' and '-' only.
+_NAME_LIKE = re.compile(r"[^\W\d]+(?:[ _-]+[^\W\d]+)*")
 
 
 class PlanError(InvalidArgumentError):
@@ -33,6 +65,10 @@ class PlanError(InvalidArgumentError):
     def __init__(self, line: int, message: str) -> None:
         super().__init__(f"line {line}: {message}")
         self.line = line
+
+
+class PlanHeaderError(PlanError):
+    """A CSV header that cannot be read safely: no line of the plan can be applied."""
 
 
 @attrs.frozen
@@ -62,7 +98,8 @@ def read_plan(
     path: Path, fmt: PlanFormat, *, errors: list[PlanError] | None = None
 ) -> Iterator[PlanEntry]:
     """Stream the entries of a plan. A bad line raises ``PlanError``, or, when ``errors`` is
-    given, is appended to it and skipped.
+    given, is appended to it and skipped. A CSV header that cannot be read safely always
+    raises ``PlanHeaderError``.
     """
     seen: set[bytes] = set()
     lines = _csv_rows(path) if fmt == "csv" else _json_rows(path)
@@ -98,25 +135,72 @@ def _update(line: int, fields: dict[str, Any]) -> DatasetUpdate:
         raise PlanError(line, str(exc)) from None
 
 
+def _normalise(cell: str) -> str:
+    return re.sub(r"[\s_-]+", "_", cell.strip().lower())
+
+
+def _header_columns(line: int, row: list[str]) -> tuple[str, ...] | None:
+    """The columns a CSV plan's first row names, ``None`` if it is data (see the module's
+    rule), or raise ``PlanHeaderError`` for a header that cannot be read safely.
+    """
+    cells = [c.strip() for c in row]
+    known = [COLUMN_ALIASES.get(_normalise(c)) for c in cells]
+    if not any(known) and not all(_NAME_LIKE.fullmatch(c) for c in cells):
+        return None
+    found = ", ".join(repr(c) for c in cells)
+    unknown = [c for c, k in zip(cells, known, strict=True) if k is None]
+    if unknown:
+        hint = (
+            "; a plan without a header must not start with a line of names only: "
+            "add the header 'dataset_id,name,folder'"
+            if not any(known)
+            else ""
+        )
+        raise PlanHeaderError(
+            line,
+            f"the header's columns are {found}; {', '.join(map(repr, unknown))} "
+            f"{'is' if len(unknown) == 1 else 'are'} not known. Expected {_EXPECTED}{hint}",
+        )
+    columns = tuple(k for k in known if k is not None)
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise PlanHeaderError(
+            line, f"the header's columns are {found}; {', '.join(twice)} appears twice"
+        )
+    if "dataset_id" not in columns or len(columns) < 2:
+        raise PlanHeaderError(line, f"the header's columns are {found}; expected {_EXPECTED}")
+    return columns
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | PlanError]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, strict=True)
+        columns: tuple[str, ...] | None = None
         first = True
         try:
             for row in reader:
                 line = reader.line_num
                 if not row or all(not cell.strip() for cell in row):
                     continue
-                if first and tuple(c.strip().lower() for c in row) in (_HEADER, _HEADER[:2]):
+                if first:
                     first = False
+                    columns = _header_columns(line, row)
+                    if columns is not None:
+                        continue
+                if columns is not None:
+                    if len(row) != len(columns):
+                        message = (
+                            f"expected {len(columns)} columns ({','.join(columns)}), got {len(row)}"
+                        )
+                        yield line, PlanError(line, message)
+                        continue
+                    yield line, dict(zip(columns, row, strict=True))
                     continue
-                first = False
                 if len(row) not in (2, 3):
-                    columns = ",".join(_HEADER)
-                    message = f"expected 2 or 3 columns ({columns}), got {len(row)}"
+                    message = f"expected 2 or 3 columns ({','.join(_COLUMNS)}), got {len(row)}"
                     yield line, PlanError(line, message)
                     continue
-                yield line, dict(zip(_HEADER, row, strict=False))
+                yield line, dict(zip(_COLUMNS, row, strict=False))
         except csv.Error as exc:
             yield reader.line_num, PlanError(reader.line_num, f"malformed CSV: {exc}")
         except UnicodeDecodeError:

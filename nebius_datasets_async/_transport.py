@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl as _ssl
 import threading
 from collections.abc import AsyncGenerator, Mapping
@@ -191,8 +192,23 @@ class AiohttpTransport:
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
                 raise APIConnectionError(
-                    f"{type(exc).__name__}: {exc}", method=request.method, path=request.path
+                    self._describe(exc), method=request.method, path=request.path
                 ) from None
+
+    def _describe(self, exc: BaseException) -> str:
+        """What went wrong, naming the server as the user gave it (scheme, host and port)
+        rather than aiohttp's view of the socket (``ssl:default``).
+        """
+        if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+            exc, aiohttp.ClientSSLError
+        ):
+            url = URL(self._base_url)
+            where = f"{url.scheme}://{url.raw_host}:{url.port}"
+            error = exc.os_error
+            code = error.errno if isinstance(error.errno, int) and error.errno > 0 else None
+            reason = os.strerror(code) if code else error.strerror or type(error).__name__
+            return f"cannot connect to {where}: {reason}"
+        return f"{type(exc).__name__}: {exc}"
 
     async def _read_body(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
         limit = self._max_response_bytes

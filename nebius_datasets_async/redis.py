@@ -404,13 +404,15 @@ class RedisFlowControl:
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def admit(self, deadline: float | None = None) -> Ticket:
+    async def admit(
+        self, deadline: float | None = None, *, max_wait: float | None = None
+    ) -> Ticket:
         """A place here, then a slot in the fleet's shared schedule (or the local one while
         Redis is unavailable).
         """
         if self._keys is None or time.monotonic() < self._down_until:
-            return await self._local.admit(deadline)
-        ticket = await self._local.admit(deadline, paced=False)
+            return await self._local.admit(deadline, max_wait=max_wait)
+        ticket = await self._local.admit(deadline, max_wait=max_wait, paced=False)
         placed = time.monotonic()
         try:
             slot = await self._next_slot()
@@ -426,7 +428,7 @@ class RedisFlowControl:
             raise
         if slot is None:  # Redis failed just now: pace locally from here on
             self._local.cancel(ticket)
-            return await self._local.admit(deadline)
+            return await self._local.admit(deadline, max_wait=max_wait)
         now = time.monotonic()  # sent now: latency excludes the wait
         return Ticket(epoch, now, waited_place=ticket.waited_place, waited_slot=now - placed)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import signal
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -12,7 +15,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from nebius_datasets_async.testing import FakeDatasetsServer, make_dataset
+from nebius_datasets_async.testing import FakeDatasetsServer, Faults, make_dataset
+
+from .conftest import wait_until
 
 
 @attrs.frozen
@@ -152,7 +157,7 @@ async def test_bulk_jsonl_from_stdin_with_json_output(fake: FakeDatasetsServer) 
     )
     assert result.code == 0, result.err
     *outcomes, summary = [json.loads(t) for t in result.out.splitlines()]
-    assert {"requests", "retries", "throttled", "final_rate"} <= set(summary["summary"])
+    assert {"requests", "retries", "throttled", "paced_at"} <= set(summary["summary"])
     assert sorted(o["dataset_id"] for o in outcomes) == sorted(ids)
     assert summary["summary"]["applied"] == 4
     assert all(fake.store[i]["folder"] == "/stdin" for i in ids)
@@ -187,7 +192,7 @@ async def test_journal_then_resume_applies_each_update_once(
         fake.store[i] = make_dataset(100 + n, id=i)
     second = await run_cli(fake, "bulk", str(plan), "--resume", str(journal), "--no-progress")
     assert second.code == 0, second.err
-    assert "3 applied, 0 failed, 0 left undone, 10 already applied" in second.out
+    assert "3 applied, 0 failed, 0 skipped, 0 not started, 10 already applied" in second.out
     for i in ids:
         assert len(fake.applied_requests(i)) == 1
     for i in late:
@@ -200,10 +205,10 @@ async def test_journal_then_resume_applies_each_update_once(
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("a,b,c,d\n", "line 1: expected 2 or 3 columns"),
-        ("x,name\n,name\n", "line 2: dataset_id is missing or empty"),
-        ("x,name\ny,,\n", "line 2: "),
-        ("x,one\nx,two\n", "line 2: dataset_id 'x' appears twice"),
+        ("ab1,b,c,d\n", "line 1: expected 2 or 3 columns"),
+        ("ab12,name-1\n,name-2\n", "line 2: dataset_id is missing or empty"),
+        ("ab12,name-1\ncd34,,\n", "line 2: "),
+        ("ab12,name-1\nab12,name-2\n", "line 2: dataset_id 'ab12' appears twice"),
         ("", "the plan holds no updates"),
         ("\n\n", "the plan holds no updates"),
         ('x,"unclosed\n', "malformed CSV"),
@@ -282,12 +287,15 @@ async def test_key_never_appears_in_output_or_journal(
 async def test_auth_failure_in_bulk_skips_the_rest(
     fake: FakeDatasetsServer, tmp_path: Path
 ) -> None:
-    """A refused key stops a bulk run: exit 1, the rest reported as left undone."""
+    """A refused key stops a bulk run: exit 1, the rest reported as skipped, with the reason."""
     plan = write(tmp_path / "p.csv", "".join(f"{i},x,\n" for i in fake.dataset_ids))
     result = await run_cli(fake, "bulk", str(plan), "--concurrency", "2", key="bad-key-value")
     assert result.code == 1
     assert "AuthenticationError" in result.out
-    assert "left undone" in result.out
+    assert "the server refused the API key (401)" in result.out
+    failed, skipped = (len(fake.requests), 20 - len(fake.requests))
+    assert f"0 applied, {failed} failed, {skipped} skipped, 0 not started" in result.out
+    assert all(r["name"] != "x" for r in fake.store.values())
 
 
 async def test_demo_runs_and_verifies(fake: FakeDatasetsServer) -> None:
@@ -306,3 +314,227 @@ async def test_demo_runs_and_verifies(fake: FakeDatasetsServer) -> None:
     assert result.code == 0, result.err
     assert "applied 150, failed 0 of 150" in result.out
     assert "verified" in result.out
+
+
+# -- what a user's first hour ran into (issue 17) -----------------------------------------------
+
+
+async def start_cli(fake: FakeDatasetsServer, *args: str) -> asyncio.subprocess.Process:
+    """Start the command line against ``fake`` and return at once (to interrupt it)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEBIUS_")}
+    environ.update(NEBIUS_API_KEY=fake.api_key, NEBIUS_BASE_URL=fake.base_url)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nebius_datasets_async", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,
+    )  # fmt: skip
+
+
+def progress_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("progress: ")]
+
+
+async def test_second_ctrl_c_exits_130_with_a_summary_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C twice: the requests in flight are abandoned, the command exits 130 and prints
+    its one-line summary; no traceback, no CancelledError.
+    """
+    async with FakeDatasetsServer(datasets=60, faults=Faults(latency=0.4)) as fake:
+        plan = write(tmp_path / "p.csv", "".join(f"{i},,/twice\n" for i in fake.dataset_ids))
+        proc = await start_cli(fake, "bulk", str(plan), "--concurrency", "4", "--no-progress")
+        await wait_until(lambda: fake.stats.applied >= 4, within=20)
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.1)  # requests in flight take 0.4 s: abandon them
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        applied = sum(r["folder"] == "/twice" for r in fake.store.values())
+    assert proc.returncode == 130, err.decode()
+    assert "Traceback" not in err.decode()
+    assert "Error" not in err.decode()
+    summary = out.decode().strip().splitlines()
+    assert len(summary) == 1, out.decode()
+    counts = re.match(
+        r"(\d+) applied, (\d+) failed, (\d+) skipped, (\d+) not started, 0 already applied "
+        r"\(of 60\)",
+        summary[0],
+    )
+    assert counts is not None, summary
+    done, failed, skipped, not_started = map(int, counts.groups())
+    assert done + failed + skipped + not_started == 60
+    assert not_started > 0  # those abandoned in flight have no outcome
+    assert done <= applied  # the server may have applied some of the abandoned ones
+
+
+async def test_progress_after_ctrl_c_and_resume_counts_every_update(tmp_path: Path) -> None:
+    """After one Ctrl-C the last progress line counts done, failed, skipped and not started
+    (not "60/60 done"); a --resume then ends at 60/60 applied, counting the earlier ones.
+    """
+    async with FakeDatasetsServer(datasets=60, faults=Faults(latency=0.05)) as fake:
+        plan = write(tmp_path / "p.csv", "".join(f"{i},,/ctrl-c\n" for i in fake.dataset_ids))
+        journal = tmp_path / "j.jsonl"
+        args = ("bulk", str(plan), "--journal", str(journal), "--concurrency", "2")
+        proc = await start_cli(fake, *args)
+        await wait_until(lambda: fake.stats.applied >= 6, within=20)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 130, err.decode()
+        first = fake.stats.applied
+        assert 6 <= first < 60
+        last = progress_lines(err.decode())[-1]
+        assert last.startswith(f"progress: {first}/60 applied, 0 failed, {60 - first} skipped"), (
+            last
+        )
+        assert f"{first} applied, 0 failed, {60 - first} skipped, 0 not started" in out.decode()
+        result = await run_cli(fake, "bulk", str(plan), "--resume", str(journal))
+        assert result.code == 0, result.err
+        last = progress_lines(result.err)[-1]
+        assert last.startswith(f"progress: 60/60 applied ({first} applied earlier), 0 failed"), last
+        assert all(r["folder"] == "/ctrl-c" for r in fake.store.values())
+        assert fake.stats.applied == 60  # nothing applied twice
+
+
+async def test_dry_run_uses_the_bulk_engine_and_honours_json_output(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """--dry-run GETs each dataset through the bulk engine: --output json gives one line per
+    dataset and a summary; it says no PATCH was sent, and the server is unchanged.
+    """
+    ids = fake.dataset_ids[:3]
+    plan = write(tmp_path / "p.csv", f"{ids[0]},new,\n{ids[1]},dataset-000001,\n{ids[2]},,/x\n")
+    journal = tmp_path / "j.jsonl"
+    result = await run_cli(
+        fake, "bulk", str(plan), "--dry-run", "--output", "json", "--journal", str(journal)
+    )
+    assert result.code == 0, result.err
+    *lines, summary = [json.loads(t) for t in result.out.splitlines()]
+    assert {line["dataset_id"]: line["changes"] for line in lines} == {
+        ids[0]: {"name": ["dataset-000000", "new"]},
+        ids[1]: {},
+        ids[2]: {"folder": ["/incoming", "/x"]},
+    }
+    assert summary["summary"]["checked"] == 3
+    assert summary["summary"]["dry_run"] is True
+    assert "no PATCH was sent" in result.err
+    assert {r.method for r in fake.requests} == {"GET"}
+    assert not journal.exists()  # a dry run records nothing as applied
+    assert [fake.store[i]["name"] for i in ids] == [f"dataset-00000{n}" for n in range(3)]
+
+
+async def test_dry_run_with_a_refused_key_stops_like_a_real_run(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """The dry run is the bulk engine: a refused key stops it after the requests in flight,
+    instead of sending one GET per line of the plan.
+    """
+    plan = write(tmp_path / "p.csv", "".join(f"{i},x,\n" for i in fake.dataset_ids))
+    result = await run_cli(
+        fake, "bulk", str(plan), "--dry-run", "--concurrency", "2", key="bad-key-value"
+    )
+    assert result.code == 1
+    assert len(fake.requests) <= 2
+    assert "0 checked" in result.err
+    assert f"{20 - len(fake.requests)} skipped" in result.err
+
+
+async def test_paced_at_is_the_pace_the_gate_held(tmp_path: Path) -> None:
+    """Against a server that admits 100 requests/s (and says so in x-ratelimit headers), the
+    summary's "paced at" is what the run actually sent while paced, near 100/s, not the
+    gate's momentary setting (970/s before).
+    """
+    faults = Faults(rate_limit=100, burst=10, rate_limit_retry_after=1.0, limit_headers=True)
+    async with FakeDatasetsServer(datasets=300, faults=faults) as fake:
+        plan = write(tmp_path / "p.csv", "".join(f"{i},,/paced\n" for i in fake.dataset_ids))
+        result = await run_cli(fake, "bulk", str(plan), "--no-progress")
+        assert result.code == 0, result.err
+        paced = re.search(r"paced at (\d+)/s", result.out)
+        assert paced is not None, result.out
+        assert 50 <= int(paced.group(1)) <= 130
+        assert all(r["folder"] == "/paced" for r in fake.store.values())
+        for dataset_id in fake.dataset_ids:  # and the same in JSON
+            fake.store[dataset_id]["folder"] = "/incoming"
+        result = await run_cli(fake, "bulk", str(plan), "--no-progress", "--output", "json")
+        assert 50 <= json.loads(result.out.splitlines()[-1])["summary"]["paced_at"] <= 130
+
+
+async def test_no_pace_is_printed_when_the_gate_never_paced(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """A run the server never throttled prints no "paced at" (nothing was measured)."""
+    plan = write(tmp_path / "p.csv", "".join(f"{i},,/free\n" for i in fake.dataset_ids))
+    result = await run_cli(fake, "bulk", str(plan), "--no-progress")
+    assert result.code == 0, result.err
+    assert "paced" not in result.out
+    assert "20 applied, 0 failed" in result.out
+
+
+async def test_a_cut_list_of_failures_says_how_many_more(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """30 failures: 20 listed, then "and 10 more"; the server's datasets are untouched."""
+    plan = write(tmp_path / "p.csv", "".join(f"missing-{n},x,\n" for n in range(30)))
+    result = await run_cli(fake, "bulk", str(plan), "--no-progress")
+    assert result.code == 1
+    listed = [line for line in result.out.splitlines() if "NotFoundError" in line]
+    assert len(listed) == 20
+    assert "... and 10 more" in result.out
+    assert "0 applied, 30 failed" in result.out
+    assert len(fake.requests) == 30
+
+
+async def test_resume_of_a_missing_journal_is_an_error(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """--resume of a journal that does not exist: exit 2, nothing sent, no file created;
+    with --journal naming it too, the run starts afresh and creates it.
+    """
+    ids = fake.dataset_ids[:2]
+    plan = write(tmp_path / "p.csv", "".join(f"{i},,/resumed\n" for i in ids))
+    journal = tmp_path / "missing.jsonl"
+    result = await run_cli(fake, "bulk", str(plan), "--resume", str(journal))
+    assert result.code == 2
+    assert f"no journal at {journal}" in result.err
+    assert not journal.exists()
+    assert fake.requests == []
+    result = await run_cli(
+        fake, "bulk", str(plan), "--resume", str(journal), "--journal", str(journal)
+    )
+    assert result.code == 0, result.err
+    assert len(journal.read_text().splitlines()) == 2
+    assert all(fake.store[i]["folder"] == "/resumed" for i in ids)
+
+
+async def test_a_base_url_ending_in_v1_is_not_doubled(fake: FakeDatasetsServer) -> None:
+    """`--base-url .../v1` (as in the API reference) reaches /v1/datasets/..., once."""
+    dataset_id = fake.dataset_ids[0]
+    for base in (fake.base_url + "/v1", fake.base_url + "/v1/"):
+        result = await run_cli(fake, "--base-url", base, "patch", dataset_id, "--name", "v1")
+        assert result.code == 0, result.err
+    assert [r.raw_path for r in fake.requests] == [f"/v1/datasets/{dataset_id}"] * 2
+    assert fake.store[dataset_id]["name"] == "v1"
+
+
+async def test_a_connection_error_names_the_server_as_given(fake: FakeDatasetsServer) -> None:
+    """Nothing listening on an http:// URL: the message names scheme, host and port as the
+    user gave them, and no `ssl:default`.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    base = f"http://localhost:{port}"
+    result = await run_cli(fake, "--base-url", base, "--timeout", "2", "get", "some-id")
+    assert result.code == 1
+    assert f"cannot connect to http://localhost:{port}" in result.err
+    assert "ssl" not in result.err
+    assert "Traceback" not in result.err
+
+
+def test_the_client_takes_a_base_url_ending_in_v1_as_the_root() -> None:
+    """The library too: `.../v1` and `.../v1/` mean the API root; other paths are kept."""
+    from nebius_datasets_async import DatasetsClient
+
+    for given in ("https://api.example.com/v1", "https://api.example.com/v1/"):
+        assert DatasetsClient(api_key="k", base_url=given).base_url == "https://api.example.com"
+    proxied = DatasetsClient(api_key="k", base_url="https://proxy.example.com/nebius/v1")
+    assert proxied.base_url == "https://proxy.example.com/nebius"
+    kept = DatasetsClient(api_key="k", base_url="https://proxy.example.com/v1beta")
+    assert kept.base_url == "https://proxy.example.com/v1beta"

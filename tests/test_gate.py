@@ -5,6 +5,7 @@ event loops and threads; rate limits as token buckets and as windows with or wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,14 +19,23 @@ from nebius_datasets_async import (
     APITimeoutError,
     ClientClosedError,
     DatasetsClient,
+    DatasetsError,
     DatasetUpdate,
     EventLoopError,
     FlowControl,
     PermissionDeniedError,
     RateLimitError,
+    Request,
+    Response,
     RetryPolicy,
 )
-from nebius_datasets_async.testing import FakeDatasetsServer, Faults
+from nebius_datasets_async.testing import (
+    FakeDatasetsServer,
+    Faults,
+    MockTransport,
+    json_response,
+    make_dataset,
+)
 
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.01)
 
@@ -315,3 +325,66 @@ def test_one_client_across_asyncio_run_jobs_threads_and_loops_under_dev_mode(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert proc.stderr == ""
+
+
+async def test_callers_that_give_up_leave_no_slot_behind() -> None:
+    """Calls offered at twice a 20/s limit, each with a 2 s deadline: a caller that gives up
+    while waiting for its pacing slot gives the slot back, so the schedule never runs ahead of
+    the callers still waiting and the limit stays in use (goodput >= 75% of it). Before, every
+    abandoned slot stayed booked and after a few seconds no request was sent at all.
+    """
+    faults = Faults(rate_limit=20, burst=5, rate_limit_retry_after=1)
+    async with FakeDatasetsServer(datasets=240, faults=faults, record_requests=False) as fake:
+        ids = fake.dataset_ids
+        done: list[int] = []
+        async with fake.client(retry=RetryPolicy(deadline=2.0)) as client:
+
+            async def call(i: int) -> None:
+                await asyncio.sleep(i / 40)
+                with contextlib.suppress(DatasetsError):
+                    await client.rename(ids[i], f"g{i}")
+                    done.append(i)
+
+            await asyncio.gather(*(call(i) for i in range(240)))  # 6 s offered at 40/s
+        # the calls offered in the last 3 s: the limit admits about 60 of them
+        late = [i for i in done if i >= 120]
+        assert len(late) >= 0.75 * 20 * 3, (len(late), fake.stats)
+        assert sum(1 for r in fake.store.values() if r["name"].startswith("g")) == len(done)
+
+
+@pytest.mark.parametrize(
+    ("answers", "why"),
+    [
+        ([(503, {"Retry-After": "3600"})], "a 503 asking everyone to wait an hour"),
+        ([(429, {"Retry-After": "86400"})] * 5, "five 429s asking for a day"),
+        (
+            [(200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "24h"})],
+            "a quota spent until tomorrow",
+        ),
+    ],
+)
+async def test_a_hold_longer_than_max_retry_after_fails_later_calls_at_once(
+    answers: list[tuple[int, dict[str, str]]], why: str
+) -> None:
+    """When the gate must hold everyone longer than the caller allows (``max_retry_after``),
+    later calls fail at once with ``RateLimitError`` saying when to try again, instead of
+    hanging silently for the hour or the day.
+    """
+    script = iter(answers)
+
+    def handler(request: Request) -> Response:
+        status, headers = next(script, (200, {}))
+        payload = make_dataset(0) if status == 200 else {"detail": "slow down"}
+        return json_response(status, payload, headers=headers)
+
+    client = DatasetsClient(api_key="k", transport=MockTransport(handler))
+    async with client:
+        for _ in answers:
+            with contextlib.suppress(DatasetsError):
+                await client.get_dataset("a")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RateLimitError) as caught:
+            await asyncio.wait_for(client.get_dataset("b"), 5)
+        assert asyncio.get_running_loop().time() - started < 1.0, why
+        assert caught.value.retry_after is not None
+        assert caught.value.retry_after > client.retry.max_retry_after, why
