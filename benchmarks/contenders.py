@@ -60,7 +60,15 @@ def client_for(cfg: dict[str, Any]) -> DatasetsClient:
 async def ours(cfg: dict[str, Any]) -> Result:
     if cfg.get("redis_url"):
         return await ours_redis(cfg)
-    async with client_for(cfg) as client:
+    client = DatasetsClient(
+        api_key=cfg["api_key"],
+        base_url=cfg["base_url"],
+        max_concurrency=cfg["concurrency"],
+        observers=cfg.get("observers", ()),
+    )
+    if cfg.get("setup"):
+        cfg["setup"](client)
+    async with client:
         report = await client.patch_all(DatasetUpdate(i, folder=f) for i, f in updates(cfg))
     return {
         "ok": report.succeeded,
@@ -68,6 +76,69 @@ async def ours(cfg: dict[str, Any]) -> Result:
         "requests": report.requests,
         "ended_at": time.time(),
     }
+
+
+async def ours_observer(cfg: dict[str, Any]) -> Result:
+    """Ours with one observer that does nothing: every per-call event is built and handed on."""
+
+    def nothing(event: object) -> None:
+        pass
+
+    return await ours({**cfg, "observers": [nothing]})
+
+
+async def ours_otel(cfg: dict[str, Any]) -> Result:
+    """Ours with nebius_datasets_async.otel on: the OpenTelemetry SDK records every span
+    (batched into an exporter that drops them) and every metric (read once, at the end).
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from nebius_datasets_async.otel import instrument
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    sampler = None
+    if cfg.get("sample") is not None:  # a share of the traces, as users choose
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        sampler = ParentBased(TraceIdRatioBased(cfg["sample"]))
+    tracer_provider = TracerProvider(sampler=sampler)
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+
+    def setup(client: DatasetsClient) -> None:
+        instrument(
+            client,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            traces=not cfg.get("metrics_only"),
+        )
+
+    result = await ours({**cfg, "setup": setup})
+    reader.get_metrics_data()
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+    return result
+
+
+async def ours_otel_sampled(cfg: dict[str, Any]) -> Result:
+    """ours_otel with 10% of the traces sampled (ParentBased(TraceIdRatioBased(0.1)))."""
+    return await ours_otel({**cfg, "sample": 0.1})
+
+
+async def ours_otel_metrics(cfg: dict[str, Any]) -> Result:
+    """ours_otel with metrics only (``instrument(client, traces=False)``)."""
+    return await ours_otel({**cfg, "metrics_only": True})
 
 
 async def ours_redis(cfg: dict[str, Any]) -> Result:
@@ -331,6 +402,10 @@ async def openai_style(cfg: dict[str, Any]) -> Result:
 
 CONTENDERS: dict[str, Callable[[dict[str, Any]], Awaitable[Result]]] = {
     "ours": ours,
+    "ours_observer": ours_observer,
+    "ours_otel": ours_otel,
+    "ours_otel_sampled": ours_otel_sampled,
+    "ours_otel_metrics": ours_otel_metrics,
     "gather": ours_gather,
     "aiohttp": raw_aiohttp,
     "httpx": raw_httpx,
@@ -359,10 +434,25 @@ def main() -> None:
     if cfg.get("barrier"):  # a fleet member: start when the whole fleet is up
         print("ready", flush=True)
         sys.stdin.readline()
+    if name.startswith("ours_otel"):  # import the SDK before the clock starts, as a service would
+        import nebius_datasets_async.otel  # noqa: F401
     started_cpu = time.process_time()
     started = time.perf_counter()
+    profiler = None
+    if cfg.get("profile"):  # cProfile the run; the top functions go to stderr
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         result = runner.run(CONTENDERS[name](cfg))
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        stats = pstats.Stats(profiler, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(60)
     result.setdefault("wall", time.perf_counter() - started)
     result["cpu"] = time.process_time() - started_cpu
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -8,9 +8,10 @@ adaptive rate limiting, retries and typed errors::
         report = await client.move_many(["id-1", "id-2"], "/archive")
 """
 
-from ._bulk import BulkOptions, BulkProgress, BulkReport, BulkRun, OutcomeStatus, PatchOutcome
+from ._bulk import BulkOptions, BulkReport, BulkRun, OutcomeStatus, PatchOutcome
 from ._call import CallContext, CallStats, StopSignal
 from ._client import DEFAULT_BASE_URL, DatasetsClient, __version__
+from ._events import BulkProgress
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,

@@ -28,6 +28,7 @@ from typing import Any, Protocol, Self
 import attrs
 
 from ._call import CallContext, CallStats, StopSignal
+from ._events import BulkProgress, Events, RunFinished, RunInfo, RunProgress, RunStarted
 from ._exceptions import (
     APIStatusError,
     AuthenticationError,
@@ -119,39 +120,24 @@ class BulkOptions:
     progress_interval: float = attrs.field(default=0.2, validator=at_least(0))
 
 
-@attrs.frozen(kw_only=True)
-class BulkProgress:
-    """A snapshot of a run's counters, for a progress bar or a metrics exporter."""
-
-    read: int
-    succeeded: int
-    failed: int
-    skipped: int
-    in_flight: int
-    requests: int
-    retries: int
-    throttled: int
-    elapsed: float
-    #: The client's paced rate (requests per second), ``None`` while unpaced.
-    rate_limit: float | None
-    #: The client's working concurrency cap.
-    concurrency_limit: int
-    #: Whether the client's flow control is pausing every request right now.
-    paused: bool
-    finished: bool
-
-    @property
-    def done(self) -> int:
-        """Updates with an outcome."""
-        return self.succeeded + self.failed + self.skipped
-
-    @property
-    def throughput(self) -> float:
-        """Outcomes per second so far."""
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-
 ProgressCallback = Callable[[BulkProgress], None]
+
+
+class ProgressReporter:
+    """A bulk run's ``progress`` callback as a subscriber of the run's events: called with
+    each ``RunProgress`` snapshot and with the final one (``RunFinished``).
+    """
+
+    interests = (RunProgress, RunFinished)
+
+    def __init__(self, callback: ProgressCallback) -> None:
+        self.callback = callback
+
+    def __repr__(self) -> str:
+        return f"<ProgressReporter {self.callback!r}>"
+
+    def __call__(self, event: RunProgress | RunFinished) -> None:
+        self.callback(event.progress)
 
 
 @attrs.frozen(kw_only=True)
@@ -319,7 +305,12 @@ class BulkRun:
             ),
         )
         self._concurrency = min(concurrency, flow.max_concurrency)
-        self._on_progress = progress
+        # The run's subscribers: its progress callback, then the client's.
+        self._events = Events([] if progress is None else [ProgressReporter(progress)])
+        client_events = getattr(client, "events", None)  # DatasetsClient's event stream
+        if isinstance(client_events, Events) and client_events.active:
+            self._events.subscribe(client_events.emit)
+        self._info: RunInfo | None = None
         self._clock = time.monotonic
         self._order = _IdOrder()
         self._signal = StopSignal()
@@ -330,6 +321,7 @@ class BulkRun:
         self._supervisor: list[asyncio.Task[None]] = []
         self._stream: weakref.ref[AsyncGenerator[PatchOutcome, None]] | None = None
         self._iterated = False
+        self._sink: Callable[[PatchOutcome], None] | None = None  # collect(): no stream
         self._worker_error: BaseException | None = None
         self._started = 0.0
         self._finished_at: float | None = None
@@ -402,12 +394,59 @@ class BulkRun:
         """
         self._signal.stop(RunStoppedError(f"run stopped: {reason}", cause=cause))
 
-    async def _run(self) -> AsyncGenerator[PatchOutcome, None]:
+    async def collect(self, *, keep_successes: bool = False) -> BulkReport:
+        """Run to the end without streaming the outcomes and return the ``BulkReport`` (every
+        failed and skipped outcome; the applied ones too with ``keep_successes``). What
+        ``patch_all`` does; use it instead of iterating, not as well.
+        """
+        if self._iterated:
+            raise RuntimeError("a BulkRun can be iterated only once")
+        self._iterated = True
+        failures: list[PatchOutcome] = []
+        successes: list[PatchOutcome] = []
+
+        def sink(outcome: PatchOutcome) -> None:
+            if outcome.status is not OutcomeStatus.APPLIED:
+                failures.append(outcome)
+            elif keep_successes:
+                successes.append(outcome)
+
+        self._sink = sink
+        self._start()
+        ended = False
+        try:
+            await self._supervise()
+            ended = True
+            self._end()
+        finally:
+            await self._cancel_all()
+            if not ended:
+                self._finished_at = self._clock()
+                self._finish(RunStoppedError("the run was closed before its end"))
+        return self.report(failures, successes)
+
+    def _start(self) -> None:
+        """Start the workers (and tell the subscribers)."""
         self._started = self._clock()
+        self._info = RunInfo(concurrency=self._concurrency, started=self._started)
+        if self._events.active:  # event: RunStarted
+            self._events.emit(RunStarted(self._info))
         self._workers = [
             asyncio.create_task(self._worker(), name=f"nebius-bulk-worker-{i}")
             for i in range(self._concurrency)
         ]
+
+    def _end(self) -> None:
+        """Every worker ended: finish the run; raise what ended the input or a worker."""
+        self._finished_at = self._clock()
+        error = self._source.error or self._worker_error
+        self._finish(error)
+        if error is not None:
+            raise error
+
+    async def _run(self) -> AsyncGenerator[PatchOutcome, None]:
+        self._start()
+        ended = False
         supervisor = asyncio.create_task(self._supervise(), name="nebius-bulk-supervisor")
         self._supervisor = [supervisor]
         try:
@@ -417,13 +456,17 @@ class BulkRun:
                     break
                 yield item
             await supervisor
-            self._finished_at = self._clock()
-            self._report_progress(force=True)
-            error = self._source.error or self._worker_error
-            if error is not None:
-                raise error
+            ended = True
+            self._end()
         finally:
             await self._cancel_all()
+            if not ended:  # closed or cancelled before the end
+                self._finished_at = self._clock()
+                self._finish(RunStoppedError("the run was closed before its end"))
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self._events.active and self._info is not None:  # event: RunFinished
+            self._events.emit(RunFinished(self._info, self.progress(), error))
 
     async def _supervise(self) -> None:
         results = await asyncio.gather(*self._workers, return_exceptions=True)
@@ -431,7 +474,8 @@ class BulkRun:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 # A programming error in a worker: surface it once everything has ended.
                 self._worker_error = self._worker_error or result
-        await self._results.put(_DONE)
+        if self._sink is None:
+            await self._results.put(_DONE)
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -456,12 +500,18 @@ class BulkRun:
             self.failed += 1
         else:
             self.skipped += 1
-        await self._results.put(outcome)
-        if self._on_progress is not None:
+        sink = self._sink
+        if sink is not None:
+            sink(outcome)
+        else:
+            await self._results.put(outcome)
+        if self._events.active:
             self._report_progress()
 
     async def _apply(self, update: DatasetUpdate) -> PatchOutcome:
-        context = CallContext(policy=self._policy, stats=self._stats, stop=self._signal)
+        context = CallContext(
+            policy=self._policy, stats=self._stats, stop=self._signal, run=self._info
+        )
         try:
             dataset = await self._client.apply(update, context=context)
         except RunStoppedError as exc:
@@ -522,14 +572,11 @@ class BulkRun:
             finished=self._finished_at is not None,
         )
 
-    def _report_progress(self, *, force: bool = False) -> None:
-        callback = self._on_progress
-        if callback is None:
-            return
+    def _report_progress(self) -> None:
         now = self._clock()
-        if force or now - self._last_progress >= self._options.progress_interval:
+        if now - self._last_progress >= self._options.progress_interval and self._info:
             self._last_progress = now
-            callback(self.progress())
+            self._events.emit(RunProgress(self._info, self.progress()))  # event: RunProgress
 
     def report(
         self,

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 from collections.abc import Awaitable, Callable
 
 import attrs
 
+from ._events import (
+    Admitted,
+    Answered,
+    CallEnded,
+    CallInfo,
+    CallStarted,
+    Events,
+    Failed,
+    Retrying,
+    RunInfo,
+    Sent,
+    Throttled,
+)
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -31,13 +43,12 @@ from ._protocol import (
     decode_dataset,
     error_from_response,
     parse_rate_limits,
+    request_id,
 )
 from ._retry import RetryPolicy
 from ._transport import Transport
 
 __all__ = ["CallContext", "CallStats", "Caller", "StopSignal"]
-
-logger = logging.getLogger("nebius_datasets_async")
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -87,7 +98,8 @@ class CallContext:
 
     - ``policy``: a ``RetryPolicy`` instead of the client's;
     - ``stats``: counters shared by many calls, updated live;
-    - ``stop``: a ``StopSignal`` that ends the call between attempts.
+    - ``stop``: a ``StopSignal`` that ends the call between attempts;
+    - ``run``: the bulk run the call belongs to, named in its events.
 
     After the call, ``attempts`` and ``throttled`` hold what this call did.
     """
@@ -95,12 +107,27 @@ class CallContext:
     policy: RetryPolicy | None = None
     stats: CallStats | None = None
     stop: StopSignal | None = None
+    run: RunInfo | None = None
     attempts: int = 0
     throttled: int = 0
 
 
+class _Watch:
+    """What the events of one observed call need beyond the call's own state."""
+
+    __slots__ = ("info", "status", "waited")
+
+    def __init__(self, info: CallInfo) -> None:
+        self.info = info
+        self.waited = 0.0
+        self.status: int | None = None
+
+
 class Caller:
-    """Runs requests with retries through a flow control and a transport."""
+    """Runs requests with retries through a flow control and a transport, and tells
+    ``events`` what happens (see ``_events``); with no subscriber that costs a few attribute
+    checks per call.
+    """
 
     def __init__(
         self,
@@ -111,7 +138,9 @@ class Caller:
         timeout: float,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        events: Events | None = None,
     ) -> None:
+        self.events = events if events is not None else Events()
         self.transport = transport
         self.flow = flow
         self.policy = policy
@@ -119,13 +148,69 @@ class Caller:
         self._sleep = sleep
         self._rand = rand
 
-    async def call(self, request: Request, context: CallContext | None = None) -> Dataset:
+    def call(self, request: Request, context: CallContext | None = None) -> Awaitable[Dataset]:
         """Send ``request`` until it succeeds or the policy gives up; return the Dataset.
 
         Raises the last attempt's error (an ``APIStatusError``, ``APIConnectionError`` or
         ``ResponseValidationError``), ``APITimeoutError`` when the deadline passes before the
         first attempt could be sent, or the stop signal's ``RunStoppedError``.
         """
+        if self.events.calls:
+            return self._observed(request, context)
+        return self._call(request, context, None)
+
+    async def _observed(self, request: Request, context: CallContext | None) -> Dataset:
+        """``_call`` between ``CallStarted`` and ``CallEnded``."""
+        events = self.events
+        ctx = context if context is not None else CallContext()
+        clock = asyncio.get_running_loop().time
+        started = clock()
+        watch = _Watch(
+            CallInfo(method=request.method, path=request.path, started=started, run=ctx.run)
+        )
+        events.emit(CallStarted(watch.info))
+        try:
+            dataset = await self._call(request, ctx, watch)
+        except BaseException as exc:
+            events.emit(
+                CallEnded(
+                    watch.info,
+                    ctx.attempts,
+                    clock() - started,
+                    watch.waited,
+                    watch.status,
+                    exc,
+                    isinstance(exc, asyncio.CancelledError),
+                )
+            )
+            raise
+        events.emit(
+            CallEnded(
+                watch.info,
+                ctx.attempts,
+                clock() - started,
+                watch.waited,
+                watch.status,
+                None,
+            )
+        )
+        return dataset
+
+    def _info(self, request: Request, ctx: CallContext, watch: _Watch | None) -> CallInfo:
+        """The call's info for an event, made now when no per-call subscriber made it."""
+        if watch is not None:
+            return watch.info
+        return CallInfo(
+            method=request.method,
+            path=request.path,
+            started=asyncio.get_running_loop().time(),
+            run=ctx.run,
+        )
+
+    async def _call(
+        self, request: Request, context: CallContext | None, watch: _Watch | None
+    ) -> Dataset:
+        events = self.events
         ctx = context if context is not None else CallContext()
         policy = ctx.policy or self.policy
         stats, stop, flow = ctx.stats, ctx.stop, self.flow
@@ -152,6 +237,15 @@ class Caller:
                 flow.cancel(ticket)
                 raise stop.reason
             ctx.attempts += 1
+            attempt = ctx.attempts
+            outgoing = request
+            if watch is not None:  # events: Admitted, Sent
+                watch.waited += ticket.waited_place + ticket.waited_slot
+                events.emit(Admitted(watch.info, attempt, ticket.waited_place, ticket.waited_slot))
+                extra: dict[str, str] = {}
+                events.emit(Sent(watch.info, attempt, extra))
+                if extra:
+                    outgoing = attrs.evolve(request, headers=extra)
             timeout = self.timeout
             if deadline is not None:
                 timeout = min(timeout, max(deadline - skipped - clock(), 0.001))
@@ -159,21 +253,58 @@ class Caller:
                 stats.requests += 1
                 stats.in_flight += 1
             try:
-                response = await self.transport.send(request, timeout)
+                response = await self.transport.send(outgoing, timeout)
             except APIConnectionError as exc:
                 error = exc
                 lost = Failure.TIMEOUT if isinstance(exc, APITimeoutError) else Failure.ERROR
                 flow.on_failure(ticket, lost)
                 failure: Failure | None = lost
+                if events.active:  # event: Failed (no answer)
+                    events.emit(
+                        Failed(
+                            self._info(request, ctx, watch),
+                            attempt,
+                            lost.value,
+                            None,
+                            clock() - ticket.admitted_at,
+                            exc,
+                        )
+                    )
             except BaseException:
                 flow.cancel(ticket)
                 raise
             else:
                 limits = parse_rate_limits(response.headers)
+                if watch is not None:  # event: Answered
+                    watch.status = response.status
+                    events.emit(
+                        Answered(
+                            watch.info,
+                            attempt,
+                            response.status,
+                            clock() - ticket.admitted_at,
+                            request_id(response.headers),
+                        )
+                    )
                 if 200 <= response.status < 300:
                     flow.on_answer(ticket, limits)
                     return decode_dataset(request, response)
                 error, failure = self._settle_error(ticket, request, response, limits)
+                if events.active:  # events: Throttled, Failed (an error answer)
+                    info = self._info(request, ctx, watch)
+                    if failure is None:
+                        events.emit(Throttled(info, attempt, response.status, error.retry_after))
+                    else:
+                        events.emit(
+                            Failed(
+                                info,
+                                attempt,
+                                failure.value,
+                                response.status,
+                                clock() - ticket.admitted_at,
+                                error,
+                            )
+                        )
             finally:
                 if stats is not None:
                     stats.in_flight -= 1
@@ -205,14 +336,8 @@ class Caller:
                 raise error
             if stats is not None:
                 stats.retries += 1
-            logger.info(
-                "retrying %s %s in %.2fs after attempt %d: %s",
-                request.method,
-                request.path,
-                delay,
-                ctx.attempts,
-                error,
-            )
+            if events.active:  # event: Retrying (the log line is a subscriber)
+                events.emit(Retrying(self._info(request, ctx, watch), attempt, delay, error))
             started = clock()
             if stop is not None and self._sleep is asyncio.sleep:
                 await stop.sleep(delay)

@@ -14,13 +14,14 @@ import ssl as _ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 from yarl import URL
 
-from ._bulk import BulkOptions, BulkReport, BulkRun, PatchOutcome, ProgressCallback
+from ._bulk import BulkOptions, BulkReport, BulkRun, ProgressCallback
 from ._call import CallContext, Caller
+from ._events import Events, LoggingObserver
 from ._exceptions import InvalidArgumentError
 from ._flow import Flow, FlowControl
 from ._models import Dataset, DatasetUpdate
@@ -142,6 +143,9 @@ class DatasetsClient:
       uvicorn, the shortest keep-alive in wide use).
     - ``ssl``: TLS verification for client-made sessions: ``True`` (default) verifies, an
       ``ssl.SSLContext`` customises, ``False`` turns verification off (explicitly only).
+    - ``observers``: callables handed every event of the client's calls, its bulk runs and
+      its flow control (see ``Events`` and ``docs/observability.md``); more can subscribe
+      later through ``client.events``. The library's log lines are one such subscriber.
 
     Raises ``InvalidArgumentError`` (a ``ValueError``) at construction for a missing or
     malformed key, a bad URL or bad limits.
@@ -162,6 +166,7 @@ class DatasetsClient:
         keepalive: float = 4.0,
         user_agent: str | None = None,
         ssl: _ssl.SSLContext | bool = True,
+        observers: Iterable[Callable[[Any], None]] = (),
         _sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         _rand: Callable[[], float] = random.random,
     ) -> None:
@@ -208,6 +213,11 @@ class DatasetsClient:
                 ssl=ssl,
             )
         self._transport = transport
+        self._events = Events([LoggingObserver(logger), *observers])
+        # The gate's events (pace, pauses, budget) reach the client's subscribers too.
+        subscribe = getattr(flow, "subscribe", None)
+        if subscribe is not None:
+            subscribe(self._events.emit)
         self._caller = Caller(
             transport=transport,
             flow=flow,
@@ -215,6 +225,7 @@ class DatasetsClient:
             timeout=float(timeout),
             sleep=_sleep,
             rand=_rand,
+            events=self._events,
         )
 
     def __repr__(self) -> str:
@@ -237,6 +248,9 @@ class DatasetsClient:
         """Close every session the client made, in every event loop (never a caller's own
         session); idempotent. Calls made afterwards raise ``ClientClosedError``.
         """
+        unsubscribe = getattr(self._flow, "unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe(self._events.emit)
         await self._transport.aclose()
 
     # -- properties --------------------------------------------------------------------------
@@ -255,6 +269,13 @@ class DatasetsClient:
     def flow(self) -> Flow:
         """The flow control every request of this client passes."""
         return self._flow
+
+    @property
+    def events(self) -> Events:
+        """The client's event stream: ``client.events.subscribe(observer)`` adds a subscriber
+        (see ``docs/observability.md`` for the events).
+        """
+        return self._events
 
     @property
     def max_concurrency(self) -> int:
@@ -343,17 +364,10 @@ class DatasetsClient:
         outcome, requests, retries and time (``keep_successes=True`` keeps applied outcomes
         too). Call ``report.raise_for_failures()`` to turn any failure into a ``BulkError``.
         """
-        failures: list[PatchOutcome] = []
-        successes: list[PatchOutcome] = []
         async with self.patch_many(
             updates, concurrency=concurrency, options=options, progress=progress
         ) as run:
-            async for outcome in run:
-                if not outcome.ok:
-                    failures.append(outcome)
-                elif keep_successes:
-                    successes.append(outcome)
-        return run.report(failures, successes)
+            return await run.collect(keep_successes=keep_successes)
 
     async def rename_many(
         self,

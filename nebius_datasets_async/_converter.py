@@ -99,7 +99,7 @@ def _optional_str(value: Any) -> str | None:
 
 
 #: One shared object per simple column type (``{"name": "string"}``): most columns are simple.
-_SIMPLE_TYPES: dict[str, ColumnType] = {}
+_SIMPLE_TYPES: dict[str | tuple[str, str], ColumnType] = {}
 
 
 def _column_fast(value: Any) -> ColumnSchema:
@@ -109,13 +109,21 @@ def _column_fast(value: Any) -> ColumnSchema:
     if type(name) is not str:
         raise TypeError("a column needs a string 'name'")
     raw = value["type"]
-    if type(raw) is dict and len(raw) == 1 and type(raw.get("name")) is str:
-        column_type = _SIMPLE_TYPES.get(raw["name"])
-        if column_type is None:
-            column_type = ColumnType(name=raw["name"])
-            if len(_SIMPLE_TYPES) < 256:
-                _SIMPLE_TYPES[raw["name"]] = column_type
-    else:
+    column_type = None
+    if type(raw) is dict and type(raw.get("name")) is str:
+        if len(raw) == 1:
+            key: str | tuple[str, str] = raw["name"]
+        else:  # one level of nesting, as `option` of a simple type: shared as well
+            item = raw.get("item")
+            item_name = item.get("name") if type(item) is dict and len(item) == 1 else None
+            key = (raw["name"], item_name) if len(raw) == 2 and type(item_name) is str else ""
+        if key:
+            column_type = _SIMPLE_TYPES.get(key)
+            if column_type is None:
+                column_type = _column_type(raw, ColumnType)
+                if len(_SIMPLE_TYPES) < 256:
+                    _SIMPLE_TYPES[key] = column_type
+    if column_type is None:
         column_type = _column_type(raw, ColumnType)
     return ColumnSchema(name=name, type=column_type)
 
@@ -196,7 +204,7 @@ def structure_dataset(obj: Any) -> Dataset:
             "response is not a Dataset", errors=(f"expected a JSON object @ $, got {_kind(obj)}",)
         )
     try:
-        return converter.structure(obj, Dataset)
+        return _dataset_fast(obj, Dataset)  # the converter's own hook, without its dispatch
     except Exception:  # any hook's error: structure again, slowly, to say where and why
         pass
     try:

@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._events import BudgetSpent, Events, PaceChanged, Paused
 from ._exceptions import APITimeoutError, DatasetsError, RateLimitError
 from ._law import Law, Phase, Refusal, RetryBudget
 from ._protocol import RateLimits
@@ -52,6 +53,16 @@ def retry_cost(failure: Failure) -> float:
 
 
 _RECENT_SUCCESS = 2.0  # seconds: an overload is not an outage if a success came this recently
+_REPORT_RISE = 1.25  # a rise of the pace this large (since the last report) is a PaceChanged
+# the law's phases and holds as the events name them (docs/observability.md)
+_PHASE_NAMES = {
+    Phase.OPEN: "unpaced",
+    Phase.MEASURING: "measured",
+    Phase.SEARCHING: "searching",
+    Phase.HOLDING: "measured",
+    Phase.HEADERS: "headers",
+}
+_HOLD_NAMES = {"blocked": "refused", "first contact": "refused", "retry-after": "retry-after"}
 
 
 @attrs.frozen(slots=True)
@@ -60,12 +71,15 @@ class Ticket:
     ``on_failure`` or ``cancel``.
 
     ``epoch`` counts the flow's decisions before it was admitted; ``admitted_at`` is the
-    flow's clock when it left; ``waited`` the seconds it waited in the gate.
+    flow's clock when it left; ``waited_place``: seconds it waited for a place (its turn in
+    the queue and the concurrency bound); ``waited_slot``: for a pacing slot, the quota or
+    the end of a hold.
     """
 
     epoch: int
     admitted_at: float
-    waited: float = 0.0
+    waited_place: float = attrs.field(default=0.0, kw_only=True)
+    waited_slot: float = attrs.field(default=0.0, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -153,7 +167,8 @@ class _Waiter:
     """A caller waiting in the queue, in its own event loop."""
 
     __slots__ = (
-        "armed", "deadline", "error", "kick", "loop", "max_wait", "paced", "queued_at", "ticket"
+        "armed", "deadline", "error", "kick", "loop", "max_wait", "paced", "placed_at",
+        "queued_at", "ticket",
     )  # fmt: skip
 
     def __init__(
@@ -173,6 +188,7 @@ class _Waiter:
         self.armed = math.inf  # the time this waiter's own timer wakes it
         self.ticket: Ticket | None = None
         self.error: DatasetsError | None = None
+        self.placed_at: float | None = None  # when it had a place and waited only for time
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -261,6 +277,9 @@ class FlowControl:
         self._throttles = 0
         self._overloads = 0
         self._failures = 0
+        # events (docs/observability.md): the subscribers and the last pace reported
+        self._events = Events()
+        self._reported: tuple[str, float | None, int] = ("unpaced", None, int(self._law.cap))
 
     def __repr__(self) -> str:
         rate = self._law.pace(self._clock())
@@ -282,6 +301,51 @@ class FlowControl:
 
     def bind(self, identity: str) -> None:
         """Nothing to do: this flow's state lives in this process."""
+
+    # -- events ------------------------------------------------------------------------------
+
+    def subscribe(self, observer: Callable[[object], None]) -> None:
+        """Call ``observer`` with the gate's events (``PaceChanged``, ``Paused``,
+        ``BudgetSpent``), outside the flow's lock, from the task that caused them.
+        """
+        self._events.subscribe(observer)
+
+    def unsubscribe(self, observer: Callable[[object], None]) -> None:
+        """Stop calling ``observer``."""
+        self._events.unsubscribe(observer)
+
+    def _report(self, now: float, held: float, reason: str) -> list[object]:
+        """The gate events a feedback produced: the pace when it changed for real (a new
+        phase, a cut, a rise of ``_REPORT_RISE`` since the last report; not every probe step),
+        and a hold that began (``held``: when the hold in force before ended). Under the lock.
+        """
+        law = self._law
+        events: list[object] = []
+        phase = _PHASE_NAMES[law.phase]
+        rate = law.pace(now)
+        cap = int(law.cap)
+        last_phase, last_rate, last_cap = self._reported
+        report = phase != last_phase or cap < last_cap
+        if not report and rate is not None and last_rate is not None and rate != last_rate:
+            cut = rate < last_rate and reason != "answer"
+            report = cut or not (1 / _REPORT_RISE < rate / last_rate < _REPORT_RISE)
+        if report:
+            if reason == "answer":
+                reason = {"headers": "headers", "searching": "search"}.get(phase, "probe")
+            self._reported = (phase, rate, cap)
+            events.append(PaceChanged(phase, rate, last_rate, reason, cap))
+        elif cap > last_cap:
+            self._reported = (phase, last_rate, cap)
+        wait = law.wait_for_hold(now)
+        contact = law.hold.reason == "first contact" and law.hold.until > now
+        if wait > 0 and held <= now and not contact:  # (a first contact's round trip is none)
+            why = _HOLD_NAMES.get(law.hold.reason, "quota") if law.hold.until > now else "quota"
+            events.append(Paused(now + wait, wait, why))
+        return events
+
+    def _emit(self, events: list[object]) -> None:
+        for event in events:
+            self._events.emit(event)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -390,7 +454,9 @@ class FlowControl:
         slot = max(self._tat, now - 1.0 / rate)
         return max(slot - now, 0.0)
 
-    def _grant(self, now: float, queued_at: float, paced: bool) -> Ticket:
+    def _grant(
+        self, now: float, queued_at: float, paced: bool, placed_at: float | None = None
+    ) -> Ticket:
         """Admit one request now. Under the lock."""
         law = self._law
         self._active += 1
@@ -403,7 +469,8 @@ class FlowControl:
                 if now > queued_at:
                     law.bound(now)
             law.sent(now)
-        return Ticket(law.cuts, now, now - queued_at)
+        placed = now if placed_at is None else placed_at
+        return Ticket(law.cuts, now, waited_place=placed - queued_at, waited_slot=now - placed)
 
     def _dispatch(self, now: float) -> float | None:
         """Admit waiters from the head of the queue while they may leave; return the seconds
@@ -415,11 +482,14 @@ class FlowControl:
             paced = head.paced
             wait = self._ready(now, paced)
             if wait > 0:
-                if wait < math.inf and head.armed > now + wait + 1e-9:
-                    self._wake(head)  # it must wake sooner than it planned
+                if wait < math.inf:
+                    if head.placed_at is None:
+                        head.placed_at = now  # a place is free: it waits for time only
+                    if head.armed > now + wait + 1e-9:
+                        self._wake(head)  # it must wake sooner than it planned
                 return None if wait == math.inf else wait
             queue.popleft()
-            head.ticket = self._grant(now, head.queued_at, paced)
+            head.ticket = self._grant(now, head.queued_at, paced, head.placed_at)
             self._wake(head)
         return None
 
@@ -466,16 +536,22 @@ class FlowControl:
 
     def on_answer(self, ticket: Ticket, limits: RateLimits) -> None:
         """The request was answered (a success, or an error that is the request's own)."""
+        events = None
         with self._lock:
             now = self._clock()
             self._active -= 1
             self._last_ok = now
             law = self._law
+            held = now + law.wait_for_hold(now)
             law.answered(now, ticket.admitted_at)
             if limits.remaining is not None:
                 law.read_limits(now, limits, self._active)
             self._budget.refund()
             self._dispatch(now)
+            if self._events.active and (law.rate is not None or limits.remaining is not None):
+                events = self._report(now, held, "answer")  # event: PaceChanged, Paused
+        if events:
+            self._emit(events)
 
     def on_throttle(
         self, ticket: Ticket, retry_after: float | None, limits: RateLimits, *, pause: bool = False
@@ -483,11 +559,13 @@ class FlowControl:
         """The request was throttled. ``pause``: the server asked everyone to wait (a 503 with
         ``Retry-After``), not only this request.
         """
+        events = None
         with self._lock:
             now = self._clock()
             self._active -= 1
             self._throttles += 1
             law = self._law
+            held = now + law.wait_for_hold(now)
             if limits.remaining is not None:
                 law.read_limits(now, limits, self._active)
             if pause and retry_after is not None:
@@ -495,9 +573,14 @@ class FlowControl:
             law.refused(now, ticket.admitted_at, Refusal.THROTTLE, retry_after)
             self._fail_held(now)
             self._dispatch(now)
+            if self._events.active:  # event: PaceChanged (a cut), Paused
+                events = self._report(now, held, "retry-after" if pause else "throttle")
+        if events:
+            self._emit(events)
 
     def on_failure(self, ticket: Ticket, failure: Failure) -> None:
         """The request got no usable answer (see ``Failure``)."""
+        events = None
         with self._lock:
             now = self._clock()
             self._active -= 1
@@ -507,6 +590,10 @@ class FlowControl:
             else:
                 self._failures += 1
             self._dispatch(now)
+            if self._events.active and failure is Failure.OVERLOAD:
+                events = self._report(now, math.inf, "overload")  # event: PaceChanged
+        if events:
+            self._emit(events)
 
     def cancel(self, ticket: Ticket) -> None:
         """An admitted request was never sent: its place and slot are free at once."""
@@ -526,8 +613,13 @@ class FlowControl:
         """Whether a request that failed this way may be tried again: it pays the budget (10
         tokens after a timeout, 5 otherwise) and is refused when the budget is spent.
         """
+        cost = retry_cost(failure)
         with self._lock:
-            return self._budget.spend(retry_cost(failure))
+            granted = self._budget.spend(cost)
+            left = self._budget.tokens
+        if self._events.active:  # event: BudgetSpent
+            self._events.emit(BudgetSpent(cost, left, granted, failure.value))
+        return granted
 
     # -- state -------------------------------------------------------------------------------
 

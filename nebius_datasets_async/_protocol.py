@@ -41,11 +41,14 @@ _DATASETS = "/v1/datasets/"
 
 @attrs.frozen(slots=True)
 class Request:
-    """An HTTP request to send: ``path`` is already percent-encoded."""
+    """An HTTP request to send: ``path`` is already percent-encoded. ``headers``: extra
+    headers for this request (a trace context, say); the transport's own headers win.
+    """
 
     method: str
     path: str
     body: bytes | None = None
+    headers: Mapping[str, str] | None = None
 
 
 @attrs.frozen(slots=True)
@@ -73,6 +76,8 @@ class RateLimits:
 
 
 _NO_LIMITS = RateLimits()
+#: Compact UTF-8 JSON; one encoder built once (``json.dumps`` with options builds one a call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 
 
@@ -175,7 +180,7 @@ def build_patch(update: DatasetUpdate) -> Request:
         body["name"] = update.name
     if update.folder is not None:
         body["folder"] = update.folder
-    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = _ENCODE(body).encode()
     return Request("PATCH", _DATASETS + quote(update.dataset_id, safe=""), payload)
 
 

@@ -94,6 +94,7 @@ class AiohttpTransport:
         self._base_url = base_url
         self._get_headers = {**headers, "Accept": JSON_CONTENT_TYPE}
         self._body_headers = {**self._get_headers, "Content-Type": JSON_CONTENT_TYPE}
+        self._own_names = frozenset(k.lower() for k in self._body_headers) | {"host"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
@@ -155,7 +156,13 @@ class AiohttpTransport:
         session = self._session()
         url = URL(self._base_url + request.path, encoded=True)
         headers = self._get_headers if request.body is None else self._body_headers
-        limit = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
+        if request.headers:  # extra headers never replace ours (Authorization above all)
+            own = self._own_names
+            extra = {k: v for k, v in request.headers.items() if k.lower() not in own}
+            headers = {**extra, **headers}
+        limit = self._timeout
+        if timeout is not None and timeout != limit.total:
+            limit = aiohttp.ClientTimeout(total=timeout)
         resent = False
         while True:
             try:

@@ -41,10 +41,12 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from ._events import Events, PaceChanged
 from ._exceptions import APITimeoutError
 from ._flow import Failure, FlowControl, FlowState, Ticket, retry_cost
 from ._protocol import RateLimits
@@ -353,6 +355,7 @@ class RedisFlowControl:
         self._warned = False
         self.redis_calls = 0
         self.fallbacks = 0
+        self._events = Events()  # for the shared pace; the local flow has its own
 
     def __repr__(self) -> str:
         shared = "shared" if self._keys is not None and not self._warned else "local"
@@ -385,6 +388,20 @@ class RedisFlowControl:
         if self._own_client:
             await self._redis.aclose()
 
+    # -- events ------------------------------------------------------------------------------
+
+    def subscribe(self, observer: Callable[[object], None]) -> None:
+        """Call ``observer`` with the gate's events: this process's, and ``PaceChanged`` with
+        phase ``"shared"`` when the fleet's pace read from Redis moves by a quarter or more.
+        """
+        self._local.subscribe(observer)
+        self._events.subscribe(observer)
+
+    def unsubscribe(self, observer: Callable[[object], None]) -> None:
+        """Stop calling ``observer``."""
+        self._local.unsubscribe(observer)
+        self._events.unsubscribe(observer)
+
     # -- admission ---------------------------------------------------------------------------
 
     async def admit(
@@ -396,6 +413,7 @@ class RedisFlowControl:
         if self._keys is None or time.monotonic() < self._down_until:
             return await self._local.admit(deadline, max_wait=max_wait)
         ticket = await self._local.admit(deadline, max_wait=max_wait, paced=False)
+        placed = time.monotonic()
         try:
             slot = await self._next_slot()
             if slot is not None:
@@ -411,7 +429,8 @@ class RedisFlowControl:
         if slot is None:  # Redis failed just now: pace locally from here on
             self._local.cancel(ticket)
             return await self._local.admit(deadline, max_wait=max_wait)
-        return Ticket(epoch, time.monotonic())  # sent now: latency excludes the wait
+        now = time.monotonic()  # sent now: latency excludes the wait
+        return Ticket(epoch, now, waited_place=ticket.waited_place, waited_slot=now - placed)
 
     async def _next_slot(self) -> tuple[float, int] | None:
         """Queue for a slot booked by this process's booker: (monotonic send time, epoch), or
@@ -514,6 +533,9 @@ class RedisFlowControl:
             return None
         first, interval, booked, epoch, budget, rate, retry_in = (float(x) for x in reply)
         self._budget = budget
+        if self._events.active and _pace_moved(self._rate, rate):  # event: PaceChanged (shared)
+            cap = self._local.state().concurrency
+            self._events.emit(PaceChanged("shared", rate, self._rate, "shared", cap))
         self._rate = rate
         if self._warned:
             self._warned = False
@@ -592,3 +614,10 @@ class RedisFlowControl:
             budget=self._budget,
             pacing="shared" if self._rate is not None else local.pacing,
         )
+
+
+def _pace_moved(before: float | None, after: float | None) -> bool:
+    """Whether a shared pace moved enough to report: from or to none, or by a quarter."""
+    if before is None or after is None or before <= 0:
+        return before != after
+    return not (0.8 < after / before < 1.25)
