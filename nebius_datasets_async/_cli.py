@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         help="skip updates this journal records as applied, and append to it (it must exist, "
-        "unless --journal is given too)",
+        "unless --journal names the same file)",
     )
     bulk.add_argument("--skip-bad-lines", action="store_true", help="apply the valid lines")
     bulk.add_argument("--output", choices=("table", "json"), default="table")
@@ -675,12 +675,15 @@ async def _bulk(args: argparse.Namespace) -> int:
 
 
 def _resumable(args: argparse.Namespace) -> set[_Key]:
-    """What ``--resume`` says was applied; a missing journal is fine only with ``--journal``
-    (which starts one).
+    """What ``--resume`` says was applied; a missing journal is fine only when ``--journal``
+    names the same file (which starts it). A ``--journal`` elsewhere does not excuse a
+    mistyped ``--resume``: that would send the whole plan again.
     """
-    if args.journal is not None and not args.resume.exists():
+    resume: Path = args.resume
+    journal: Path | None = args.journal
+    if journal is not None and not resume.exists() and journal.absolute() == resume.absolute():
         return set()
-    return _applied_in_journal(args.resume)
+    return _applied_in_journal(resume)
 
 
 def _flow_options(args: argparse.Namespace) -> dict[str, Any]:

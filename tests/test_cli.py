@@ -503,6 +503,24 @@ async def test_resume_of_a_missing_journal_is_an_error(
     assert all(fake.store[i]["folder"] == "/resumed" for i in ids)
 
 
+async def test_resume_of_a_missing_journal_with_another_journal_is_an_error(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """A mistyped --resume next to a --journal naming another file is still an error: it
+    would otherwise start afresh and send the whole plan again. Nothing sent, no file made.
+    """
+    ids = fake.dataset_ids[:2]
+    plan = write(tmp_path / "p.csv", "".join(f"{i},,/resumed\n" for i in ids))
+    typo, other = tmp_path / "jounral.jsonl", tmp_path / "journal.jsonl"
+    result = await run_cli(fake, "bulk", str(plan), "--resume", str(typo), "--journal", str(other))
+    assert result.code == 2, result.err
+    assert f"no journal at {typo}" in result.err
+    assert not typo.exists()
+    assert not other.exists()
+    assert fake.requests == []
+    assert all(fake.store[i]["folder"] != "/resumed" for i in ids)
+
+
 async def test_a_base_url_ending_in_v1_is_not_doubled(fake: FakeDatasetsServer) -> None:
     """`--base-url .../v1` (as in the API reference) reaches /v1/datasets/..., once."""
     dataset_id = fake.dataset_ids[0]
