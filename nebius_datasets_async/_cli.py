@@ -361,8 +361,12 @@ def _applied_in_journal(path: Path) -> set[_Key]:
 def _spool_stdin() -> Path:
     """Copy standard input to a private temporary file, so the plan can be checked first."""
     fd, name = tempfile.mkstemp(prefix="nebius-plan-", suffix=".txt")
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
+    except BaseException:  # Ctrl-C too: leave no copy of the plan behind
+        Path(name).unlink(missing_ok=True)
+        raise
     return Path(name)
 
 
@@ -646,15 +650,38 @@ def _error_text(outcome: PatchOutcome) -> str:
     return f"{type(outcome.error).__name__}: {outcome.error}"
 
 
+def _ctrl_c_raises() -> None:
+    """Until the run installs its own handler (``_interrupts``), Ctrl-C raises
+    ``KeyboardInterrupt`` where it lands. Otherwise ``asyncio.Runner`` would only mark the main
+    task cancelled during the (synchronous) plan check, the cancellation would land in the
+    run's first ``await`` after requests were sent, and the run's handler would see the same
+    press again: one Ctrl-C taken for two, no summary.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted_before_sending() -> int:
+    print("nebius-datasets: interrupted while reading the plan; nothing was sent", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 async def _bulk(args: argparse.Namespace) -> int:
+    _ctrl_c_raises()
     spooled = args.plan == "-"
-    path = _spool_stdin() if spooled else Path(args.plan)
     try:
-        if not spooled and not path.is_file():
-            raise UsageError(f"no plan file at {path}")
-        fmt: PlanFormat = args.format or sniff_format(path)
-        done = set() if args.resume is None else _resumable(args)
-        total, already = _check_plan(path, fmt, args.skip_bad_lines, args.shard, done)
+        path = _spool_stdin() if spooled else Path(args.plan)
+    except KeyboardInterrupt:
+        return _interrupted_before_sending()
+    try:
+        try:
+            if not spooled and not path.is_file():
+                raise UsageError(f"no plan file at {path}")
+            fmt: PlanFormat = args.format or sniff_format(path)
+            done = set() if args.resume is None else _resumable(args)
+            total, already = _check_plan(path, fmt, args.skip_bad_lines, args.shard, done)
+        except KeyboardInterrupt:
+            return _interrupted_before_sending()
         if args.shard is not None:
             k, n = args.shard
             print(f"shard {k}/{n}: {total} update(s) of this plan", file=sys.stderr)

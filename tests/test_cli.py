@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -363,6 +364,45 @@ async def test_second_ctrl_c_exits_130_with_a_summary_and_no_traceback(
     assert done + failed + skipped + not_started == 60
     assert not_started > 0  # those abandoned in flight have no outcome
     assert done <= applied  # the server may have applied some of the abandoned ones
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (Linux: /proc/PID/fd)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/fd")
+async def test_ctrl_c_while_the_plan_is_checked_sends_nothing(tmp_path: Path) -> None:
+    """One Ctrl-C while a large plan is still being checked: exit 130 at once, saying nothing
+    was sent; no request, no journal. (Before: asyncio's runner marked the task cancelled,
+    the run started anyway, and the cancellation landed after its first requests, with
+    "finishing requests in flight" printed and no summary.)
+    """
+    async with FakeDatasetsServer(datasets=10) as fake:
+        rows = 300_000  # a check of well over a second, to Ctrl-C in the middle of it
+        plan = write(tmp_path / "big.csv", "".join(f"{n:032x},n{n},\n" for n in range(rows)))
+        journal = tmp_path / "j.jsonl"
+        args = ("bulk", str(plan), "--format", "csv", "--journal", str(journal), "--no-progress")
+        proc = await start_cli(fake, *args)
+        await wait_until(lambda: _has_open(proc.pid, plan), within=20)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        await asyncio.sleep(0.2)  # a request sent at the last moment would have arrived
+        assert fake.requests == []
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip() == (
+        "nebius-datasets: interrupted while reading the plan; nothing was sent"
+    )
+    assert out == b""
+    assert not journal.exists()
 
 
 async def test_progress_after_ctrl_c_and_resume_counts_every_update(tmp_path: Path) -> None:
