@@ -317,6 +317,38 @@ async def test_demo_runs_and_verifies(fake: FakeDatasetsServer) -> None:
     assert "verified" in result.out
 
 
+async def test_demo_ctrl_c_twice_prints_its_summary_with_skipped_not_failed(
+    fake: FakeDatasetsServer,
+) -> None:
+    """Ctrl-C twice in quick succession during `demo`: the run drains at once, so the second
+    press lands while it shuts down; it must not lose the summary (a KeyboardInterrupt), and
+    the updates the stop skipped are counted as skipped, not listed as failures.
+    """
+    proc = await start_cli(fake, "demo", "--no-progress")
+    assert proc.stderr is not None
+    first = await asyncio.wait_for(proc.stderr.readline(), 20)
+    assert first.startswith(b"demo:"), first
+    await asyncio.sleep(1.0)  # 2,000 updates at 500/s: well inside the run
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    # 130; or, when the second press came as the interpreter was exiting after the summary,
+    # killed by SIGINT (which a shell reports as 130 too)
+    assert proc.returncode in (130, -signal.SIGINT), err.decode()
+    assert "Traceback" not in err.decode()
+    summary = out.decode().splitlines()
+    counts = re.match(
+        r"applied (\d+), failed 0, skipped (\d+) \(run stopped: interrupted\), "
+        r"not started (\d+) of 2000 in ",
+        summary[0],
+    )
+    assert counts is not None, out.decode()
+    assert sum(map(int, counts.groups())) == 2000
+    assert summary[1].startswith("verified: every applied update matches"), out.decode()
+    assert len(summary) == 2, out.decode()
+
+
 # -- what a user's first hour ran into (issue 17) -----------------------------------------------
 
 
