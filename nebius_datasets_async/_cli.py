@@ -46,6 +46,18 @@ class UsageError(Exception):
 # -- arguments --------------------------------------------------------------------------------
 
 
+def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """--base-url, --api-key-file and --timeout; with ``suppress`` they set nothing when absent."""
+    none: Any = argparse.SUPPRESS if suppress else None
+    timeout: Any = argparse.SUPPRESS if suppress else 30.0
+    help_url = "API root (default: $NEBIUS_BASE_URL or the public API)"
+    parser.add_argument("--base-url", default=none, help=help_url)
+    parser.add_argument(
+        "--api-key-file", type=Path, default=none, help="read the API key from this file"
+    )
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per attempt")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nebius-datasets",
@@ -54,16 +66,18 @@ def _parser() -> argparse.ArgumentParser:
         "command line.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--base-url", help="API root (default: $NEBIUS_BASE_URL or the public API)")
-    parser.add_argument("--api-key-file", type=Path, help="read the API key from this file")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
+    _add_connection_options(parser)
+    # The same options are accepted after the command too (`get ID --base-url URL`); there
+    # they default to nothing, so an option given before the command is kept.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    get = sub.add_parser("get", help="show one dataset")
+    get = sub.add_parser("get", help="show one dataset", parents=[common])
     get.add_argument("dataset_id")
     get.add_argument("--output", choices=("table", "json"), default="table")
 
-    patch = sub.add_parser("patch", help="rename and/or move one dataset")
+    patch = sub.add_parser("patch", help="rename and/or move one dataset", parents=[common])
     patch.add_argument("dataset_id")
     patch.add_argument("--name")
     patch.add_argument("--folder")
@@ -71,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bulk = sub.add_parser(
         "bulk",
+        parents=[common],
         help="apply a plan file of updates",
         description="Apply every update of PLAN: CSV with a header naming dataset_id (or id), "
         "name and/or folder in any order (without a header: dataset_id,name,folder), or JSON "

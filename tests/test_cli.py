@@ -603,6 +603,33 @@ async def test_a_base_url_ending_in_v1_is_not_doubled(fake: FakeDatasetsServer) 
     assert fake.store[dataset_id]["name"] == "v1"
 
 
+async def test_connection_options_are_accepted_after_the_command_too(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """`get ID --base-url URL` (where a newcomer puts it) works like `--base-url URL get ID`;
+    given in both places, the one after the command wins; absent after it, the one before is
+    kept. The same for --api-key-file and --timeout, for get, patch and bulk.
+    """
+    dataset_id = fake.dataset_ids[0]
+    nowhere = {"NEBIUS_BASE_URL": "http://127.0.0.1:9"}
+    result = await run_cli(fake, "get", dataset_id, "--base-url", fake.base_url, env=nowhere)
+    assert result.code == 0, result.err
+    assert dataset_id in result.out
+    before_and_after = ("--base-url", "http://127.0.0.1:9", "patch", dataset_id, "--name", "a")
+    result = await run_cli(fake, *before_and_after, "--base-url", fake.base_url, env=nowhere)
+    assert result.code == 0, result.err
+    assert fake.store[dataset_id]["name"] == "a"
+    key_file = write(tmp_path / "key", fake.api_key)
+    key_file.chmod(0o600)
+    plan = write(tmp_path / "p.csv", f"{dataset_id},b,\n")
+    result = await run_cli(
+        fake, "--base-url", fake.base_url, "bulk", str(plan), "--no-progress",
+        "--api-key-file", str(key_file), "--timeout", "5", key="",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert fake.store[dataset_id]["name"] == "b"
+
+
 async def test_a_connection_error_names_the_server_as_given(fake: FakeDatasetsServer) -> None:
     """Nothing listening on an http:// URL: the message names scheme, host and port as the
     user gave them, and no `ssl:default`.
