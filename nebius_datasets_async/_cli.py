@@ -46,6 +46,18 @@ class UsageError(Exception):
 # -- arguments --------------------------------------------------------------------------------
 
 
+def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """--base-url, --api-key-file and --timeout; with ``suppress`` they set nothing when absent."""
+    none: Any = argparse.SUPPRESS if suppress else None
+    timeout: Any = argparse.SUPPRESS if suppress else 30.0
+    help_url = "API root (default: $NEBIUS_BASE_URL or the public API)"
+    parser.add_argument("--base-url", default=none, help=help_url)
+    parser.add_argument(
+        "--api-key-file", type=Path, default=none, help="read the API key from this file"
+    )
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per attempt")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nebius-datasets",
@@ -54,16 +66,18 @@ def _parser() -> argparse.ArgumentParser:
         "command line.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--base-url", help="API root (default: $NEBIUS_BASE_URL or the public API)")
-    parser.add_argument("--api-key-file", type=Path, help="read the API key from this file")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
+    _add_connection_options(parser)
+    # The same options are accepted after the command too (`get ID --base-url URL`); there
+    # they default to nothing, so an option given before the command is kept.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    get = sub.add_parser("get", help="show one dataset")
+    get = sub.add_parser("get", help="show one dataset", parents=[common])
     get.add_argument("dataset_id")
     get.add_argument("--output", choices=("table", "json"), default="table")
 
-    patch = sub.add_parser("patch", help="rename and/or move one dataset")
+    patch = sub.add_parser("patch", help="rename and/or move one dataset", parents=[common])
     patch.add_argument("dataset_id")
     patch.add_argument("--name")
     patch.add_argument("--folder")
@@ -71,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bulk = sub.add_parser(
         "bulk",
+        parents=[common],
         help="apply a plan file of updates",
         description="Apply every update of PLAN: CSV with a header naming dataset_id (or id), "
         "name and/or folder in any order (without a header: dataset_id,name,folder), or JSON "
@@ -89,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         help="skip updates this journal records as applied, and append to it (it must exist, "
-        "unless --journal is given too)",
+        "unless --journal names the same file)",
     )
     bulk.add_argument("--skip-bad-lines", action="store_true", help="apply the valid lines")
     bulk.add_argument("--output", choices=("table", "json"), default="table")
@@ -361,8 +376,12 @@ def _applied_in_journal(path: Path) -> set[_Key]:
 def _spool_stdin() -> Path:
     """Copy standard input to a private temporary file, so the plan can be checked first."""
     fd, name = tempfile.mkstemp(prefix="nebius-plan-", suffix=".txt")
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
+    except BaseException:  # Ctrl-C too: leave no copy of the plan behind
+        Path(name).unlink(missing_ok=True)
+        raise
     return Path(name)
 
 
@@ -597,7 +616,15 @@ def _interrupts(run: BulkRun) -> Iterator[_CtrlC]:
         yield ctrl_c
     finally:
         if installed:
-            loop.remove_signal_handler(signal.SIGINT)
+            # A press that comes once the run is over (the second of a quick pair, while the
+            # summary is printed and connections close) is counted, never raised as a
+            # KeyboardInterrupt that would lose the summary. The loop removes this handler
+            # when it closes.
+            loop.add_signal_handler(signal.SIGINT, _count_press, ctrl_c)
+
+
+def _count_press(ctrl_c: _CtrlC) -> None:
+    ctrl_c.presses += 1
 
 
 @contextlib.asynccontextmanager
@@ -646,15 +673,38 @@ def _error_text(outcome: PatchOutcome) -> str:
     return f"{type(outcome.error).__name__}: {outcome.error}"
 
 
+def _ctrl_c_raises() -> None:
+    """Until the run installs its own handler (``_interrupts``), Ctrl-C raises
+    ``KeyboardInterrupt`` where it lands. Otherwise ``asyncio.Runner`` would only mark the main
+    task cancelled during the (synchronous) plan check, the cancellation would land in the
+    run's first ``await`` after requests were sent, and the run's handler would see the same
+    press again: one Ctrl-C taken for two, no summary.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted_before_sending() -> int:
+    print("nebius-datasets: interrupted while reading the plan; nothing was sent", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 async def _bulk(args: argparse.Namespace) -> int:
+    _ctrl_c_raises()
     spooled = args.plan == "-"
-    path = _spool_stdin() if spooled else Path(args.plan)
     try:
-        if not spooled and not path.is_file():
-            raise UsageError(f"no plan file at {path}")
-        fmt: PlanFormat = args.format or sniff_format(path)
-        done = set() if args.resume is None else _resumable(args)
-        total, already = _check_plan(path, fmt, args.skip_bad_lines, args.shard, done)
+        path = _spool_stdin() if spooled else Path(args.plan)
+    except KeyboardInterrupt:
+        return _interrupted_before_sending()
+    try:
+        try:
+            if not spooled and not path.is_file():
+                raise UsageError(f"no plan file at {path}")
+            fmt: PlanFormat = args.format or sniff_format(path)
+            done = set() if args.resume is None else _resumable(args)
+            total, already = _check_plan(path, fmt, args.skip_bad_lines, args.shard, done)
+        except KeyboardInterrupt:
+            return _interrupted_before_sending()
         if args.shard is not None:
             k, n = args.shard
             print(f"shard {k}/{n}: {total} update(s) of this plan", file=sys.stderr)
@@ -675,12 +725,15 @@ async def _bulk(args: argparse.Namespace) -> int:
 
 
 def _resumable(args: argparse.Namespace) -> set[_Key]:
-    """What ``--resume`` says was applied; a missing journal is fine only with ``--journal``
-    (which starts one).
+    """What ``--resume`` says was applied; a missing journal is fine only when ``--journal``
+    names the same file (which starts it). A ``--journal`` elsewhere does not excuse a
+    mistyped ``--resume``: that would send the whole plan again.
     """
-    if args.journal is not None and not args.resume.exists():
+    resume: Path = args.resume
+    journal: Path | None = args.journal
+    if journal is not None and not resume.exists() and journal.absolute() == resume.absolute():
         return set()
-    return _applied_in_journal(args.resume)
+    return _applied_in_journal(resume)
 
 
 def _flow_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -854,6 +907,7 @@ async def _demo(args: argparse.Namespace) -> int:
         display = _display(tally, args.no_progress)
         applied: dict[str, Dataset] = {}
         failed: list[PatchOutcome] = []
+        skipped: collections.Counter[str] = collections.Counter()
         async with fake.client(max_concurrency=args.concurrency) as client:
             run = client.patch_many(targets.values(), progress=_watch(tally, display))
             try:
@@ -862,6 +916,8 @@ async def _demo(args: argparse.Namespace) -> int:
                         async for outcome in run:
                             if outcome.ok and outcome.dataset is not None:
                                 applied[outcome.update.dataset_id] = outcome.dataset
+                            elif outcome.status is OutcomeStatus.SKIPPED:
+                                skipped[str(outcome.error)] += 1
                             else:
                                 failed.append(outcome)
             finally:
@@ -876,8 +932,14 @@ async def _demo(args: argparse.Namespace) -> int:
         ]
         stats = fake.stats
     throughput = len(applied) / report.elapsed if report.elapsed else 0.0
+    stopped = ""
+    if skipped or ctrl_c.presses:  # a stopped run: say what was skipped and what never started
+        reasons = "; ".join(skipped) or "-"
+        not_started = len(targets) - len(applied) - len(failed) - skipped.total()
+        stopped = f", skipped {skipped.total()} ({reasons}), not started {not_started}"
     print(
-        f"applied {len(applied)}, failed {len(failed)} of {len(targets)} in {report.elapsed:.2f}s "
+        f"applied {len(applied)}, failed {len(failed)}{stopped} of {len(targets)} "
+        f"in {report.elapsed:.2f}s "
         f"({throughput:.0f} updates/s); {report.requests} requests, {report.retries} retries, "
         f"{stats.statuses[429]} answered 429, {stats.statuses[500]} answered 500, "
         f"{stats.resets} connections reset"
@@ -891,4 +953,4 @@ async def _demo(args: argparse.Namespace) -> int:
     print(f"verified: every applied update matches the server's final record ({len(applied)})")
     if ctrl_c.presses:
         return EXIT_INTERRUPTED
-    return EXIT_OK if not failed else EXIT_FAILED
+    return EXIT_OK if not failed and not skipped else EXIT_FAILED

@@ -203,7 +203,9 @@ class AiohttpTransport:
             exc, aiohttp.ClientSSLError
         ):
             url = URL(self._base_url)
-            where = f"{url.scheme}://{url.raw_host}:{url.port}"
+            host = url.raw_host or ""
+            host = f"[{host}]" if ":" in host else host  # an IPv6 literal, as written in a URL
+            where = f"{url.scheme}://{host}:{url.port}"
             error = exc.os_error
             code = error.errno if isinstance(error.errno, int) and error.errno > 0 else None
             reason = os.strerror(code) if code else error.strerror or type(error).__name__

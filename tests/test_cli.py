@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -316,6 +317,38 @@ async def test_demo_runs_and_verifies(fake: FakeDatasetsServer) -> None:
     assert "verified" in result.out
 
 
+async def test_demo_ctrl_c_twice_prints_its_summary_with_skipped_not_failed(
+    fake: FakeDatasetsServer,
+) -> None:
+    """Ctrl-C twice in quick succession during `demo`: the run drains at once, so the second
+    press lands while it shuts down; it must not lose the summary (a KeyboardInterrupt), and
+    the updates the stop skipped are counted as skipped, not listed as failures.
+    """
+    proc = await start_cli(fake, "demo", "--no-progress")
+    assert proc.stderr is not None
+    first = await asyncio.wait_for(proc.stderr.readline(), 20)
+    assert first.startswith(b"demo:"), first
+    await asyncio.sleep(1.0)  # 2,000 updates at 500/s: well inside the run
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    # 130; or, when the second press came as the interpreter was exiting after the summary,
+    # killed by SIGINT (which a shell reports as 130 too)
+    assert proc.returncode in (130, -signal.SIGINT), err.decode()
+    assert "Traceback" not in err.decode()
+    summary = out.decode().splitlines()
+    counts = re.match(
+        r"applied (\d+), failed 0, skipped (\d+) \(run stopped: interrupted\), "
+        r"not started (\d+) of 2000 in ",
+        summary[0],
+    )
+    assert counts is not None, out.decode()
+    assert sum(map(int, counts.groups())) == 2000
+    assert summary[1].startswith("verified: every applied update matches"), out.decode()
+    assert len(summary) == 2, out.decode()
+
+
 # -- what a user's first hour ran into (issue 17) -----------------------------------------------
 
 
@@ -363,6 +396,45 @@ async def test_second_ctrl_c_exits_130_with_a_summary_and_no_traceback(
     assert done + failed + skipped + not_started == 60
     assert not_started > 0  # those abandoned in flight have no outcome
     assert done <= applied  # the server may have applied some of the abandoned ones
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (Linux: /proc/PID/fd)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/fd")
+async def test_ctrl_c_while_the_plan_is_checked_sends_nothing(tmp_path: Path) -> None:
+    """One Ctrl-C while a large plan is still being checked: exit 130 at once, saying nothing
+    was sent; no request, no journal. (Before: asyncio's runner marked the task cancelled,
+    the run started anyway, and the cancellation landed after its first requests, with
+    "finishing requests in flight" printed and no summary.)
+    """
+    async with FakeDatasetsServer(datasets=10) as fake:
+        rows = 300_000  # a check of well over a second, to Ctrl-C in the middle of it
+        plan = write(tmp_path / "big.csv", "".join(f"{n:032x},n{n},\n" for n in range(rows)))
+        journal = tmp_path / "j.jsonl"
+        args = ("bulk", str(plan), "--format", "csv", "--journal", str(journal), "--no-progress")
+        proc = await start_cli(fake, *args)
+        await wait_until(lambda: _has_open(proc.pid, plan), within=20)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        await asyncio.sleep(0.2)  # a request sent at the last moment would have arrived
+        assert fake.requests == []
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip() == (
+        "nebius-datasets: interrupted while reading the plan; nothing was sent"
+    )
+    assert out == b""
+    assert not journal.exists()
 
 
 async def test_progress_after_ctrl_c_and_resume_counts_every_update(tmp_path: Path) -> None:
@@ -503,6 +575,24 @@ async def test_resume_of_a_missing_journal_is_an_error(
     assert all(fake.store[i]["folder"] == "/resumed" for i in ids)
 
 
+async def test_resume_of_a_missing_journal_with_another_journal_is_an_error(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """A mistyped --resume next to a --journal naming another file is still an error: it
+    would otherwise start afresh and send the whole plan again. Nothing sent, no file made.
+    """
+    ids = fake.dataset_ids[:2]
+    plan = write(tmp_path / "p.csv", "".join(f"{i},,/resumed\n" for i in ids))
+    typo, other = tmp_path / "jounral.jsonl", tmp_path / "journal.jsonl"
+    result = await run_cli(fake, "bulk", str(plan), "--resume", str(typo), "--journal", str(other))
+    assert result.code == 2, result.err
+    assert f"no journal at {typo}" in result.err
+    assert not typo.exists()
+    assert not other.exists()
+    assert fake.requests == []
+    assert all(fake.store[i]["folder"] != "/resumed" for i in ids)
+
+
 async def test_a_base_url_ending_in_v1_is_not_doubled(fake: FakeDatasetsServer) -> None:
     """`--base-url .../v1` (as in the API reference) reaches /v1/datasets/..., once."""
     dataset_id = fake.dataset_ids[0]
@@ -511,6 +601,33 @@ async def test_a_base_url_ending_in_v1_is_not_doubled(fake: FakeDatasetsServer) 
         assert result.code == 0, result.err
     assert [r.raw_path for r in fake.requests] == [f"/v1/datasets/{dataset_id}"] * 2
     assert fake.store[dataset_id]["name"] == "v1"
+
+
+async def test_connection_options_are_accepted_after_the_command_too(
+    fake: FakeDatasetsServer, tmp_path: Path
+) -> None:
+    """`get ID --base-url URL` (where a newcomer puts it) works like `--base-url URL get ID`;
+    given in both places, the one after the command wins; absent after it, the one before is
+    kept. The same for --api-key-file and --timeout, for get, patch and bulk.
+    """
+    dataset_id = fake.dataset_ids[0]
+    nowhere = {"NEBIUS_BASE_URL": "http://127.0.0.1:9"}
+    result = await run_cli(fake, "get", dataset_id, "--base-url", fake.base_url, env=nowhere)
+    assert result.code == 0, result.err
+    assert dataset_id in result.out
+    before_and_after = ("--base-url", "http://127.0.0.1:9", "patch", dataset_id, "--name", "a")
+    result = await run_cli(fake, *before_and_after, "--base-url", fake.base_url, env=nowhere)
+    assert result.code == 0, result.err
+    assert fake.store[dataset_id]["name"] == "a"
+    key_file = write(tmp_path / "key", fake.api_key)
+    key_file.chmod(0o600)
+    plan = write(tmp_path / "p.csv", f"{dataset_id},b,\n")
+    result = await run_cli(
+        fake, "--base-url", fake.base_url, "bulk", str(plan), "--no-progress",
+        "--api-key-file", str(key_file), "--timeout", "5", key="",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert fake.store[dataset_id]["name"] == "b"
 
 
 async def test_a_connection_error_names_the_server_as_given(fake: FakeDatasetsServer) -> None:

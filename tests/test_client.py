@@ -223,6 +223,19 @@ async def test_connection_refused_is_api_connection_error() -> None:
             await client.get_dataset("x")
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+async def test_a_connection_error_names_the_host_as_written_in_the_url(host: str) -> None:
+    """The message names scheme, host and port as in the base URL: an IPv6 literal keeps its
+    brackets (``http://[::1]:9``, not the ambiguous ``http://::1:9``).
+    """
+    base_url = f"http://{host}:9"  # discard: nothing listens there
+    retry = RetryPolicy(max_attempts=1)
+    async with DatasetsClient(api_key="k", base_url=base_url, retry=retry) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.get_dataset("x")
+    assert str(info.value).startswith(f"cannot connect to http://{host}:9: ")
+
+
 async def test_malformed_2xx_is_response_validation_error(fake: FakeDatasetsServer) -> None:
     """A 200 with truncated JSON or HTML raises ResponseValidationError with an excerpt."""
     fake.faults = Faults(rate_malformed=1.0)
