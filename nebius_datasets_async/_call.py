@@ -169,9 +169,13 @@ class Caller:
             CallInfo(method=request.method, path=request.path, started=started, run=ctx.run)
         )
         events.emit(CallStarted(watch.info))
+        error: BaseException | None = None
         try:
-            dataset = await self._call(request, ctx, watch)
+            return await self._call(request, ctx, watch)
         except BaseException as exc:
+            error = exc
+            raise
+        finally:
             events.emit(
                 CallEnded(
                     watch.info,
@@ -179,22 +183,10 @@ class Caller:
                     clock() - started,
                     watch.waited,
                     watch.status,
-                    exc,
-                    isinstance(exc, asyncio.CancelledError),
+                    error,
+                    isinstance(error, asyncio.CancelledError),
                 )
             )
-            raise
-        events.emit(
-            CallEnded(
-                watch.info,
-                ctx.attempts,
-                clock() - started,
-                watch.waited,
-                watch.status,
-                None,
-            )
-        )
-        return dataset
 
     def _info(self, request: Request, ctx: CallContext, watch: _Watch | None) -> CallInfo:
         """The call's info for an event, made now when no per-call subscriber made it."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 
 import attrs
 
@@ -22,7 +21,6 @@ __all__ = ["Law", "Phase", "Refusal", "QuotaReader", "RetryBudget", "Hold"]
 # Every constant of the law lives here, once.
 HEADROOM = 0.97  # the pace sits this far under the rate the server was measured to admit
 CUT = 0.85  # a throttle that measures nothing new cuts the pace to this share of itself
-FIRST_SHARE = 0.5  # first contact: the pace starts at this share of what got through lately
 INITIAL_CAP = 8  # requests in flight at the start, doubling each round trip (slow start)
 BUSY_CUT = 0.7  # a busy server's 503 cuts the concurrency cap to this share, once a round
 LONG_WAIT = 1.0  # seconds: a Retry-After longer than this is a wait for everyone
@@ -115,7 +113,6 @@ class QuotaReader:
         self._fixed = 0  # > 0: the reset counts down (a fixed window); < 0: it refills
         self._longest = 0.0  # the longest reset seen (a fixed window's whole span)
         self._asking = False  # after a reset: the next reading is the new window's
-        self.seen_at = -math.inf
 
     @property
     def active(self) -> bool:
@@ -129,7 +126,6 @@ class QuotaReader:
         remaining = limits.remaining
         if remaining is None:
             return
-        self.seen_at = now
         left = float(remaining - max(in_flight, 0))
         reset = limits.reset
         if reset is None or reset <= 0:
@@ -303,7 +299,6 @@ class Law:
         # what the law did for each kind of refusal, on trial until they stop (or prove noise)
         self._trials: dict[Refusal, _Trial] = {}
         self._last_busy = -math.inf
-        self._oks: deque[float] = deque(maxlen=64)  # answer times of the last successes
         # the current round: answers to requests sent after the last decision
         self._round_answers = 0
         self._round_refused = 0
@@ -359,7 +354,6 @@ class Law:
         self._streak = 0
         self._last_ok = now
         self.hold.count = 0
-        self._oks.append(now)
         self._episode_oks += 1
         closed = now - self._blocked_since
         if self._probe_pace is not None and self.phase is Phase.MEASURING and closed > WINDOW:
@@ -608,14 +602,9 @@ class Law:
         """A round of throttles that is a rate signal."""
         pace = self.pace(now)
         share = self._round_refused / max(self._round_answers, 1)
-        if self.phase is Phase.OPEN or pace is None:
-            # First contact: what got through over the last round trips (counting the
-            # server's burst too: start at a share of it; the episode's bound then measures).
-            window = max(2.0 * self.latency, 0.05)
-            recent = sum(1 for t in self._oks if t > now - window)
-            new = FIRST_SHARE * max(recent, 1) / window
-            pace = 2.0 * new
-        elif self.phase is Phase.MEASURING:
+        if pace is None:
+            return  # unpaced: first contact is judged by _contacted, not here
+        if self.phase is Phase.MEASURING:
             young = now - self._episode_start < max(4.0 * self.latency, 0.05)
             if share < 0.5 or pace < (self.rate or math.inf) or young:
                 return  # refusals while measuring: the bound follows what gets through
