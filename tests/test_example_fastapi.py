@@ -95,8 +95,12 @@ async def test_fastapi_example_under_uvicorn() -> None:
                     f"{base}/datasets/missing/move", params={"folder": "/archive"}
                 ) as resp:
                     assert resp.status == 404
-                async with http.get(f"{base}/metrics") as resp:
-                    text = await resp.text()
+                for _ in range(40):  # the last attempt's record may land a moment later
+                    async with http.get(f"{base}/metrics") as resp:
+                        text = await resp.text()
+                    if 'http_response_status_code="404"' in text:
+                        break
+                    await asyncio.sleep(0.05)
         finally:
             proc.send_signal(signal.SIGINT)
             out, err = await asyncio.wait_for(proc.communicate(), 20)
