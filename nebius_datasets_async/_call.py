@@ -244,6 +244,9 @@ class Caller:
             if stats is not None:
                 stats.requests += 1
                 stats.in_flight += 1
+            # The attempt's latency, on the loop's clock (a flow's own clock, such as the
+            # fleet's monotonic one, may run apart from the loop's: uvloop's is cached).
+            sent_at = clock()
             try:
                 response = await self.transport.send(outgoing, timeout)
             except APIConnectionError as exc:
@@ -258,7 +261,7 @@ class Caller:
                             attempt,
                             lost.value,
                             None,
-                            clock() - ticket.admitted_at,
+                            clock() - sent_at,
                             exc,
                         )
                     )
@@ -274,7 +277,7 @@ class Caller:
                             watch.info,
                             attempt,
                             response.status,
-                            clock() - ticket.admitted_at,
+                            clock() - sent_at,
                             request_id(response.headers),
                         )
                     )
@@ -293,7 +296,7 @@ class Caller:
                                 attempt,
                                 failure.value,
                                 response.status,
-                                clock() - ticket.admitted_at,
+                                clock() - sent_at,
                                 error,
                             )
                         )

@@ -124,6 +124,23 @@ async def test_connection_failure_is_a_failed_event(fake: FakeDatasetsServer) ->
     assert seen.events[-1].attempts == 2
 
 
+async def test_latency_is_measured_on_one_clock(fake: FakeDatasetsServer) -> None:
+    """An attempt's latency is never negative, even when the flow's clock runs apart from
+    the event loop's (uvloop's clock is cached, the fleet's flow reads time.monotonic): a
+    negative duration made OpenTelemetry drop the answer's histogram point.
+    """
+    seen = Recorder(ev.Answered, ev.Failed)
+    flow = FlowControl(clock=lambda: asyncio.get_running_loop().time() + 5.0)
+    fake.fail_next(1, status=503)
+    async with fake.client(observers=[seen], flow=flow, _sleep=SleepRecorder()) as client:
+        await client.move(fake.dataset_ids[1], "/e")
+        with pytest.raises(NotFoundError):
+            await client.move("no-such-dataset", "/e")
+    kinds = [(type(e).__name__, e.status) for e in seen.events]
+    assert kinds == [("Answered", 503), ("Failed", 503), ("Answered", 200), ("Answered", 404)]
+    assert all(0.0 <= e.latency < 1.0 for e in seen.events), [e.latency for e in seen.events]
+
+
 async def test_no_call_event_is_built_without_a_subscriber(
     fake: FakeDatasetsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
