@@ -27,7 +27,7 @@ import attrs
 
 from ._events import BudgetSpent, Events, PaceChanged, Paused
 from ._exceptions import APITimeoutError, DatasetsError, RateLimitError
-from ._law import Law, Phase, Refusal, RetryBudget
+from ._law import BUSY_CUT, INITIAL_CAP, MIN_RATE, PROBE, Law, Phase, Refusal, RetryBudget
 from ._protocol import RateLimits
 from ._validate import check
 
@@ -226,11 +226,11 @@ class FlowControl:
         self,
         *,
         max_concurrency: int = 64,
-        initial_concurrency: int = 8,
+        initial_concurrency: int = INITIAL_CAP,
         retry_budget: float | None = 500.0,
-        decrease: float = 0.7,
-        probe: float = 0.02,
-        min_rate: float = 0.5,
+        decrease: float = BUSY_CUT,
+        probe: float = PROBE,
+        min_rate: float = MIN_RATE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         check(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 
 import attrs
 
@@ -37,6 +38,7 @@ PROBE_STEP = 0.05  # ... and by at most this share of itself a success
 PROBE_NEAR = 1.05  # ... but only creeps while under this multiple of where the limit was met
 SEARCH_DOUBLING = 0.1  # seconds (or two round trips, or four paced sends) to double a search
 SEARCH_UP_TO = 0.9  # a search stops at this share of the pace the last rate signal came at
+SEARCH_SENDS = 8  # ... and at least this many paced sends per doubling
 CONTACT_ANSWERS = 8  # first contact: answers (over a round trip at least) that judge it ...
 CONTACT_SHARE = 0.15  # ... a limit if this share of them was refused, else noise
 WINDOW = 2.0  # seconds closed: a window's, not a bucket's (which refills sooner)
@@ -51,6 +53,8 @@ NOISE_MOST_SHARE = 0.2  # ... refused shares above this are never noise
 NOISE_SLOWER = 0.9  # ... and only if the pace fell at least this much between the halves
 NOISE_FLOOR = 0.005  # a learned noise share under this is none
 NOISE_MARGIN = 2.0  # a share under this multiple of the learned noise is noise
+ADMITTED_SUCCESSES = 16  # the latest successes, over at most ...
+ADMITTED_SPAN = 2.0  # ... this many seconds, say how fast the server admitted lately
 MIN_RATE = 0.5  # requests per second: the slowest pace (a default of the gate)
 BUDGET_REFUND = 1.0  # tokens an answered request gives back to the retry budget
 
@@ -295,6 +299,11 @@ class Law:
         self._last_bound = -math.inf  # the last time pacing held a request back
         self._streak = 0  # refusals in a row
         self._last_ok = -math.inf
+        self._oks: deque[float] = deque(maxlen=ADMITTED_SUCCESSES)  # the latest successes
+        # a window (a long Retry-After ends it): what the last one held, and this one's counts
+        self._window_quota: int | None = None
+        self._window_from = now
+        self._window_sent = self._window_answered = self._window_oks = 0
         self._noise: dict[Refusal, float] = {Refusal.THROTTLE: 0.0, Refusal.BUSY: 0.0}
         # what the law did for each kind of refusal, on trial until they stop (or prove noise)
         self._trials: dict[Refusal, _Trial] = {}
@@ -334,6 +343,16 @@ class Law:
         wait = max(self.hold.until - now, 0.0)
         if self.quota.left is not None:
             wait = max(wait, self.quota.blocks(now))
+        elif (
+            self._window_quota is not None
+            and self.phase is not Phase.HEADERS
+            and self._window_sent >= self._window_quota
+            and self._window_sent > self._window_answered
+            and now >= self._window_from
+        ):
+            # this window's quota (as the last one held) is out: one request at a time asks
+            # whether more remains (the next answer re-checks)
+            wait = max(wait, self.latency, 0.001)
         return wait
 
     # -- transitions -------------------------------------------------------------------------
@@ -341,6 +360,8 @@ class Law:
     def sent(self, now: float) -> None:
         """A request leaves."""
         self.quota.spend()
+        if now >= self._window_from:
+            self._window_sent += 1
 
     def bound(self, now: float) -> None:
         """Pacing held a request back: the pace is what limits the flow (it may probe)."""
@@ -353,7 +374,11 @@ class Law:
         self._measure_latency(now - sent_at)
         self._streak = 0
         self._last_ok = now
+        self._oks.append(now)
         self.hold.count = 0
+        if sent_at >= self._window_from:
+            self._window_answered += 1
+            self._window_oks += 1
         self._episode_oks += 1
         closed = now - self._blocked_since
         if self._probe_pace is not None and self.phase is Phase.MEASURING and closed > WINDOW:
@@ -396,11 +421,28 @@ class Law:
             self._last_refusal = now
         for trial in list(self._trials.values()):
             self._judge(trial, now, refused=trial.kind is kind)
+        if sent_at >= self._window_from:
+            self._window_answered += 1
         if retry_after is not None and retry_after > LONG_WAIT:
             # The rest of a window: everyone waits it out; when it reopens, its quota is
             # whole, so what was measured before the wait says nothing of it.
+            reopened = self._episode_start
             self._hold(now, retry_after, "retry-after")
-            if self.phase is Phase.MEASURING:
+            if sent_at >= self._window_from:
+                # the window ends: it held what succeeded since it opened (the next one is
+                # spent as far as that, then one request at a time)
+                if self._window_oks >= 2:
+                    self._window_quota = self._window_oks
+                self._window_from = self.hold.until
+                self._window_sent = self._window_answered = self._window_oks = 0
+            if self.phase is Phase.MEASURING and self._reopening and self._episode_oks <= 1:
+                # The last wait "reopened" to let one request through: no window but a
+                # limit that refills about one request a Retry-After. Pace at that.
+                spell = max(self.hold.until - reopened, 1e-3)
+                self.rate = max(HEADROOM * max(self._episode_oks, 1) / spell, self.min_rate)
+                self._reopening = False
+                self._last_signal = now
+            elif self.phase is Phase.MEASURING:
                 self._episode_start = self.hold.until
                 self._episode_oks = 0
                 self._reopening = True
@@ -548,7 +590,7 @@ class Law:
                 self._hold(now, max(2.0 * self.latency, 0.01), "first contact")
                 return
             return
-        if self._round_answers < ROUND_ANSWERS:
+        if self._round_answers < ROUND_ANSWERS and not self._telling(kind, now):
             return
         verdict = self._noise_verdict(kind)
         if verdict is None:
@@ -611,7 +653,9 @@ class Law:
             new = 0.5 * pace  # refused more often than not, the bound not yet telling
         else:
             new = CUT * pace  # a probe or a search went over the limit: step back, measure
-        self._limit_seen = pace
+        # the limit lies under the pace it was met at, and near what the server admitted
+        # lately (a search overshoots by what it grew while a burst hid the limit)
+        self._limit_seen = min(pace, self._admitted(now) or pace)
         self._enter_measuring(now, pace)
         self.rate = max(new, self.min_rate)
         self._decided(now)
@@ -628,6 +672,24 @@ class Law:
         self._round_answers = 0
         self._round_refused = 0
         self.cuts += 1
+
+    def _telling(self, kind: Refusal, now: float) -> bool:
+        """Whether one refusal decides a round: a limit was met before, no noise was
+        learned, and the pace is so slow that waiting for more answers would take longer than
+        a search's doubling step (at 5 requests/s, two more answers cost 0.4 s and likely a
+        second refusal).
+        """
+        if self._noise[kind] >= NOISE_FLOOR or self.phase not in (Phase.HOLDING, Phase.SEARCHING):
+            return False
+        pace = self.pace(now)
+        return pace is not None and (ROUND_ANSWERS - 1) / pace > SEARCH_DOUBLING
+
+    def _admitted(self, now: float) -> float | None:
+        """Successes per second lately (``None``: too few to tell)."""
+        oks = [t for t in self._oks if t > now - ADMITTED_SPAN]
+        if len(oks) < 4:
+            return None
+        return len(oks) / max(now - oks[0], 1e-3)
 
     def _noise_verdict(self, kind: Refusal) -> bool | None:
         """Whether the refusals of the current round are noise (``None``: too few answers
@@ -684,7 +746,7 @@ class Law:
             # after a few paced sends, so a low limit is not overshot by much
             step = max(SEARCH_DOUBLING, 2.0 * self.latency)
             if not self._after_block:
-                step = max(step, 4.0 / rate)
+                step = max(step, SEARCH_SENDS / rate)
             grown = rate * 2.0 ** (min(dt, 1.0) / step)
             top = SEARCH_UP_TO * self._limit_seen
             if grown >= top:

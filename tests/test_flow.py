@@ -212,6 +212,78 @@ def test_a_long_retry_after_holds_everyone_a_short_one_only_its_request() -> Non
     virtual(body)
 
 
+def test_a_window_is_spent_as_far_as_the_last_one_held_then_one_at_a_time() -> None:
+    """A long Retry-After ends a window: the next window sends what the last one held, then
+    one request at a time asks whether more remains (each answer re-checks), so a window's
+    end costs one refusal, not a volley as wide as the concurrency cap.
+    """
+
+    async def body() -> None:
+        flow = make()
+        tickets = [await flow.admit() for _ in range(8)]  # slow start: 8 at once
+        for ticket in tickets[:5]:
+            flow.on_answer(ticket, NONE)  # the window held 5 ...
+        flow.on_throttle(tickets[5], 30.0, NONE)  # ... and ends, for 30 s
+        for ticket in tickets[6:]:
+            flow.on_throttle(ticket, 30.0, NONE)  # (the same signal, sent before it)
+        started = now()
+        window = [await flow.admit() for _ in range(5)]
+        assert now() - started == pytest.approx(30.0)  # waited out once
+        sixth = asyncio.ensure_future(flow.admit())
+        await asyncio.sleep(1.0)
+        assert not sixth.done()  # the sixth waits while the five are in flight ...
+        for ticket in window:
+            flow.on_answer(ticket, NONE)
+        probe = await sixth  # ... and asks, alone, once they are answered
+        seventh = asyncio.ensure_future(flow.admit())
+        await asyncio.sleep(1.0)
+        assert not seventh.done()
+        flow.on_answer(probe, NONE)  # more remained: the window is larger than the last
+        flow.on_answer(await seventh, NONE)
+
+    virtual(body)
+
+
+def test_a_long_retry_after_that_lets_one_request_through_paces_at_one_per_wait() -> None:
+    """A "window" that reopens after a 2 s Retry-After to let one request through is a limit
+    that refills one request per 2 s: the law paces at that instead of sending a volley at
+    every reopening.
+    """
+
+    async def body() -> None:
+        flow = make()
+        flow.law.phase, flow.law.rate = Phase.MEASURING, 50.0  # refused lately, at 50/s
+        flow.on_throttle(await flow.admit(), 2.0, NONE)  # everyone waits 2 s
+        for _ in range(3):
+            flow.on_answer(await flow.admit(), NONE)  # one passes as the wait ends ...
+            flow.on_throttle(await flow.admit(), 2.0, NONE)  # ... the next is refused
+        assert flow.state().rate == pytest.approx(0.97 / 2.0, rel=0.05)
+
+    virtual(body)
+
+
+def test_at_a_slow_pace_one_refusal_over_a_met_limit_is_a_signal() -> None:
+    """Holding at 2 requests/s with no noise learned, the first refusal cuts the pace: waiting
+    for two more answers (a second) would most likely cost a second refusal. At 200/s a
+    round still needs three answers (the refusal may be noise; two answers cost 10 ms).
+    """
+
+    async def body() -> None:
+        slow, fast = make(), make()
+        paced(slow, 2.0)
+        paced(fast, 200.0)
+        for flow in (slow, fast):
+            await answer(flow, 3)
+            flow.on_throttle(await flow.admit(), None, NONE)
+        assert slow.state().cuts == 1
+        rate = slow.state().rate
+        assert rate is not None
+        assert rate < 2.0
+        assert fast.state().cuts == 0
+
+    virtual(body)
+
+
 def test_a_hold_longer_than_max_wait_fails_waiting_callers_within_a_second() -> None:
     """Callers already waiting when a hold longer than they allow begins fail at once with
     RateLimitError carrying when to try again; new callers too.

@@ -22,6 +22,8 @@ SUBSET = [
     "bucket 20/s RA 1",  # a short Retry-After waited by its request only
     "fixed 100/s RA rest",  # the rest of a window waited by everyone, once
     "fixed 10/s no RA",  # a closed window asked with a growing backoff (was missed)
+    "fixed 2/s RA rest",  # a window spent as far as the last one held (was 6.7% refused)
+    "per-minute, RA 60",  # 60 a minute, Retry-After 60 s (was 9.1% refused)
     "sliding 20/s headers",  # quota headers
     "random 429 5% RA 0",  # refusals at random are noise (was 90x slower)
     "random 429 5% no RA",
