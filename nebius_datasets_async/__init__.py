@@ -1,7 +1,7 @@
 """nebius-datasets-async: an asyncio client for the Nebius Token Factory Datasets API.
 
 Rename and move datasets one at a time or by the thousand, with bounded concurrency,
-adaptive rate limiting, retries and typed errors::
+adaptive rate limiting (``docs/flow-control.md``), retries and typed errors::
 
     async with DatasetsClient() as client:
         dataset = await client.rename("4d89c874...", "new-name")

@@ -119,9 +119,9 @@ class DatasetsClient:
 
     Make one and share it: a whole service, worker or script, any number of tasks, event loops
     and threads. It may be created anywhere (at module level, with no loop running). Every
-    request, single or bulk, passes the client's flow control (see ``FlowControl``): one
-    concurrency bound, one pace learned from the server's throttles or quota headers, one
-    retry budget. Each event loop gets its own aiohttp session on first use, closed when that
+    request, single or bulk, passes the client's flow control (``FlowControl``: one
+    concurrency bound, one pace, one retry budget; ``docs/flow-control.md`` describes how it
+    decides). Each event loop gets its own aiohttp session on first use, closed when that
     loop shuts down or when the client closes.
 
     Arguments (all keyword-only):

@@ -230,8 +230,9 @@ class PaceChanged:
 
     ``phase``: ``"unpaced"``, ``"searching"``, ``"measured"``, ``"headers"`` or ``"shared"``
     (a fleet's pace read from Redis); ``rate`` and ``previous`` in requests per second (``None``
-    while unpaced); ``reason``: ``"throttle"``, ``"overload"``, ``"probe"``, ``"search"``,
-    ``"headers"`` or ``"shared"``; ``concurrency``: the working concurrency cap.
+    while unpaced); ``reason``: ``"throttle"``, ``"retry-after"``, ``"overload"``, ``"probe"``,
+    ``"search"``, ``"headers"`` or ``"shared"``; ``concurrency``: the working concurrency cap.
+    What each phase means: ``docs/flow-control.md``.
     """
 
     phase: str
@@ -244,9 +245,9 @@ class PaceChanged:
 @attrs.frozen(slots=True)
 class Paused:
     """The gate holds every request for ``duration`` seconds (until ``until``, a
-    ``time.monotonic()`` value). ``reason``: ``"retry-after"`` (a 503 with ``Retry-After``),
-    ``"refused"`` (a run of throttles with no success: the server refuses everything) or
-    ``"quota"`` (the quota headers say nothing is left).
+    ``time.monotonic()`` value). ``reason``: ``"retry-after"`` (a 503 with ``Retry-After``, or
+    a 429 with one longer than a second), ``"refused"`` (a run of throttles with no success:
+    the server refuses everything) or ``"quota"`` (the quota headers say nothing is left).
     """
 
     until: float

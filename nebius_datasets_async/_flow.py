@@ -4,7 +4,8 @@ One ``FlowControl`` serves a whole client (or several clients that share one), a
 task, event loop and thread. It composes small parts:
 
 - the law (``_law.Law``): how fast, how many at once, when everyone waits; a pure state
-  machine on the gate's clock, described once in ``docs/flow-control.md``;
+  machine on the gate's clock. ``docs/flow-control.md`` describes it, this gate and the retry
+  loop once; docstrings here say only what a caller needs;
 - one FIFO queue of waiting callers, each woken in its own event loop from whichever thread
   frees its turn; the caller at its head waits for a place (the concurrency cap), for the end
   of a hold, for the quota, and for its pacing slot; nothing is booked ahead, so a caller that
@@ -41,7 +42,7 @@ class Failure(enum.Enum):
     ERROR = "error"
     #: No answer within the timeout.
     TIMEOUT = "timeout"
-    #: A 503 without ``Retry-After`` (or a dropped connection): the server is busy.
+    #: A 503 without ``Retry-After``: the server is busy (or down, if nothing succeeds).
     OVERLOAD = "overload"
 
 
@@ -108,7 +109,8 @@ class FlowState:
     #: Where the pace comes from: ``"none"``, ``"measured"``, ``"headers"`` (``"shared"``
     #: for a fleet's flow).
     pacing: str
-    #: The law's phase: ``"open"``, ``"measuring"``, ``"holding"`` or ``"headers"``.
+    #: The law's phase: ``"open"``, ``"measuring"``, ``"searching"``, ``"holding"`` or
+    #: ``"headers"`` (``docs/flow-control.md``).
     phase: str = "open"
 
 

@@ -82,7 +82,8 @@ class Refusal(enum.Enum):
 
     #: 429 (or 503 with Retry-After): too fast, or refused at random by a gateway.
     THROTTLE = "throttle"
-    #: 503 without Retry-After while other requests succeed: too many at once.
+    #: 503 without Retry-After: too many at once (the retry loop treats it as an outage
+    #: only when nothing succeeded lately).
     BUSY = "busy"
 
 

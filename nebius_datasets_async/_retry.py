@@ -27,7 +27,8 @@ class RetryPolicy:
     - ``initial_delay`` / ``max_delay``: exponential backoff with full jitter: before retry ``n``
       the client sleeps a random time in ``[0, min(max_delay, initial_delay * 2 ** (n - 1))]``.
     - ``max_retry_after``: a server-given wait (``Retry-After``) longer than this is not slept
-      through: the ``RateLimitError`` (or other status error) is raised at once.
+      through: the ``RateLimitError`` (or other status error) is raised at once; so is a wait
+      for everyone in the flow control longer than this (``docs/flow-control.md``).
     - ``deadline``: optional bound, in seconds, on the whole call across attempts; a retry that
       would end after it is not started.
     - ``retry_statuses``: HTTP statuses worth another try. Connection errors and timeouts are
