@@ -548,6 +548,7 @@ class FlowControl:
             law.answered(now, ticket.admitted_at)
             if limits.remaining is not None:
                 law.read_limits(now, limits, self._active)
+                self._fail_held(now)  # a quota spent until its reset: who cannot wait fails
             self._budget.refund()
             self._dispatch(now)
             if self._events.active and (law.rate is not None or limits.remaining is not None):

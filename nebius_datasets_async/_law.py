@@ -476,7 +476,8 @@ class Law:
         if self._reopening and sent_at >= self.hold.until:
             self._reopening = False  # the reopened window is spent: measure again
             self._episode_start, self._episode_oks = now, 0
-        if sent_at < self._last_cut or self.phase is Phase.HEADERS:
+        headers = self.phase is Phase.HEADERS and kind is Refusal.THROTTLE
+        if sent_at < self._last_cut or headers:
             return  # the same signal as the last decision, or the headers say better
         if self._pending is None:
             # a round begins with its first refusal: judge what comes from here on
@@ -576,7 +577,8 @@ class Law:
         kind = self._pending
         assert kind is not None
         if self.phase is Phase.OPEN and kind is Refusal.THROTTLE and self._contact_at is None:
-            if self._noise[kind] <= 0 or self._round_answers >= max(10, 3 / self._noise[kind]):
+            noise = self._noise[kind]
+            if noise < NOISE_FLOOR or self._round_answers >= max(10, min(3 / noise, 100)):
                 if self._noise_verdict(kind):
                     self._pending = None
                     self._round_answers = self._round_refused = 0
@@ -634,6 +636,7 @@ class Law:
             wait = self._retry_after or FIRST_BACKOFF
             self._hold(now, wait, "blocked")
             self._probe_pace = 1.0 / max(wait, 1e-3)
+            self._blocked_since = now  # (so a window that reopens later is told by it)
         bound = HEADROOM * (oks + 1) / span
         self.rate = max(bound, self.min_rate)
         # refused at about the rate the answers came at: a search goes back up to near it

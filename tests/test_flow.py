@@ -19,7 +19,7 @@ from nebius_datasets_async import (
     InvalidArgumentError,
     RateLimitError,
 )
-from nebius_datasets_async._law import NOISE_MOST, Phase
+from nebius_datasets_async._law import NOISE_MOST, Law, Phase, Refusal
 from nebius_datasets_async._protocol import RateLimits
 from nebius_datasets_async.testing import run_virtual
 
@@ -433,6 +433,61 @@ def test_quota_headers_hold_until_reset_when_nothing_remains() -> None:
         assert now() - started == pytest.approx(3.0)
 
     virtual(body)
+
+
+def test_a_quota_spent_until_its_reset_fails_callers_who_cannot_wait_so_long() -> None:
+    """An answer whose headers say nothing remains for 120 s fails the callers already
+    queued who allow less (max_retry_after 60 s) at once, saying when to retry, as a
+    throttle's hold does.
+    """
+
+    async def body() -> None:
+        flow = make(max_concurrency=1, initial_concurrency=1)
+        held = await flow.admit()
+        waiting = asyncio.ensure_future(flow.admit(max_wait=60.0))
+        await asyncio.sleep(0.1)
+        started = now()
+        flow.on_answer(held, RateLimits(remaining=0, limit=60, reset=120.0))
+        with pytest.raises(RateLimitError) as caught:
+            await waiting
+        assert now() - started < 1.0
+        assert caught.value.retry_after == pytest.approx(120.0, abs=1.0)
+
+    virtual(body)
+
+
+def test_a_busy_server_cuts_the_cap_while_quota_headers_pace() -> None:
+    """With quota headers in force, throttles are not rate signals (the headers say
+    better), but a 503 without Retry-After still says too many at once: the cap is cut.
+    """
+
+    async def body() -> None:
+        flow = make(initial_concurrency=40, max_concurrency=40)
+        flow.on_answer(await flow.admit(), RateLimits(remaining=500, limit=600, reset=60.0))
+        assert flow.state().pacing == "headers"
+        tickets = [await flow.admit() for _ in range(10)]
+        await asyncio.sleep(0.01)
+        for ticket in tickets:
+            flow.on_failure(ticket, Failure.OVERLOAD)
+        assert flow.state().concurrency == 28  # 40 x 0.7, once
+
+    virtual(body)
+
+
+def test_a_limit_closed_at_first_contact_that_reopens_later_was_a_window() -> None:
+    """First contact finds the limit closed (a round trip of refusals after one success); when
+    one request passes three seconds later, a window reopened with its whole quota: the law
+    searches up at once instead of measuring the closed time as a rate.
+    """
+    law = Law(max_concurrency=64)
+    law.answered(0.02, 0.0)  # one passed: the first burst
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    law.refused(0.05, 0.03, Refusal.THROTTLE, None)  # a round trip of answers: closed
+    assert law.phase is Phase.MEASURING
+    assert law.wait_for_hold(0.05) > 0
+    law.answered(3.05, 3.03)
+    assert law.phase is Phase.SEARCHING
 
 
 def test_the_reported_pace_is_the_pace_in_force() -> None:
