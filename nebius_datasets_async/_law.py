@@ -55,6 +55,7 @@ NOISE_FLOOR = 0.005  # a learned noise share under this is none
 NOISE_MARGIN = 2.0  # a share under this multiple of the learned noise is noise
 ADMITTED_SUCCESSES = 16  # the latest successes, over at most ...
 ADMITTED_SPAN = 2.0  # ... this many seconds, say how fast the server admitted lately
+UNSEEN_WAIT = 0.05  # seconds a spent quota waits for answers in flight before looking again
 MIN_RATE = 0.5  # requests per second: the slowest pace (a default of the gate)
 BUDGET_REFUND = 1.0  # tokens an answered request gives back to the retry budget
 
@@ -118,15 +119,19 @@ class QuotaReader:
         self._fixed = 0  # > 0: the reset counts down (a fixed window); < 0: it refills
         self._longest = 0.0  # the longest reset seen (a fixed window's whole span)
         self._asking = False  # after a reset: the next reading is the new window's
+        self._read_sent_at = -math.inf  # when the request of the reading in force was sent
+        self._unseen = 0  # requests in flight at that reading: fresher answers may come
 
     @property
     def active(self) -> bool:
         return self.rate is not None or self.left is not None
 
-    def read(self, now: float, limits: RateLimits, in_flight: int) -> None:
+    def read(
+        self, now: float, limits: RateLimits, in_flight: int, sent_at: float | None = None
+    ) -> None:
         """An answer's headers, with ``in_flight`` of ours sent and not answered (the server
-        has not counted them yet, or counted them in ``remaining`` already: either way they
-        are spent).
+        may not have counted them yet, or counted them already: either way they are spent, until
+        their own answers tell better). ``sent_at``: when the answered request was sent.
         """
         remaining = limits.remaining
         if remaining is None:
@@ -165,7 +170,16 @@ class QuotaReader:
                 and abs(now + reset - self.reset_at) < max(0.1 * reset, 0.05)
             )
             self._asking = False
-            self.left = min(self.left, left) if same_window and self.left is not None else left
+            # Answers come back out of order: an answer to a request sent before the one the
+            # quota was last read from is older news (the least that remains is the truth);
+            # a newer one is the truth itself.
+            fresh = sent_at is not None and sent_at > self._read_sent_at
+            if same_window and self.left is not None and not fresh:
+                left = min(self.left, left)
+            if sent_at is not None and (fresh or not same_window):
+                self._read_sent_at = sent_at
+            self.left = left
+            self._unseen = max(in_flight, 0)
             self.reset_at = now + reset
             # what remains, spread over the time to the reset (the window's quota is spent
             # evenly, so requests in flight never overrun it at the boundary)
@@ -178,6 +192,10 @@ class QuotaReader:
     def blocks(self, now: float) -> float:
         """Seconds until the quota lets a request leave (0: now)."""
         if self.left is not None and self.left < 1 and now < self.reset_at:
+            if self._unseen > 0:
+                # spent, counting every request in flight; their answers may tell that the
+                # server had counted some already: wait for them, not for the reset
+                return min(self.reset_at - now, UNSEEN_WAIT)
             return self.reset_at - now
         if self.left is not None and now >= self.reset_at and self.left < 1:
             # the window reset: one request asks what it holds now (another a second later
@@ -487,11 +505,15 @@ class Law:
         self._pending = kind
         self._decide(now)
 
-    def read_limits(self, now: float, limits: RateLimits, in_flight: int) -> None:
-        """An answer's quota headers (if any): with them the headers pace, not refusals."""
+    def read_limits(
+        self, now: float, limits: RateLimits, in_flight: int, sent_at: float | None = None
+    ) -> None:
+        """An answer's quota headers (if any): with them the headers pace, not refusals.
+        ``in_flight``: requests sent (at or after ``sent_at``) and not answered.
+        """
         if limits.remaining is None:
             return
-        self.quota.read(now, limits, in_flight)
+        self.quota.read(now, limits, in_flight, sent_at)
         if self.quota.active and self.phase is not Phase.HEADERS:
             self.phase = Phase.HEADERS
             self.hold = Hold()

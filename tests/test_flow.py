@@ -10,6 +10,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import pytest
 
 from nebius_datasets_async import (
@@ -19,7 +20,7 @@ from nebius_datasets_async import (
     InvalidArgumentError,
     RateLimitError,
 )
-from nebius_datasets_async._law import NOISE_MOST, Law, Phase, Refusal
+from nebius_datasets_async._law import NOISE_MOST, UNSEEN_WAIT, Law, Phase, QuotaReader, Refusal
 from nebius_datasets_async._protocol import RateLimits
 from nebius_datasets_async.testing import run_virtual
 
@@ -488,6 +489,27 @@ def test_a_limit_closed_at_first_contact_that_reopens_later_was_a_window() -> No
     assert law.wait_for_hold(0.05) > 0
     law.answered(3.05, 3.03)
     assert law.phase is Phase.SEARCHING
+
+
+def test_a_fresher_quota_reading_replaces_an_older_one() -> None:
+    """Answers come back out of order. An answer to a request sent after the one the quota
+    was last read from is the truth (counting what is in flight as spent); an answer to a
+    request sent before it is older news, and the least that remains wins. A quota spent
+    while requests are in flight waits for their answers, not for the reset.
+    """
+    quota = QuotaReader()
+    window = RateLimits(remaining=50, limit=100, reset=30.0)
+    quota.read(1.0, window, 10, sent_at=0.98)
+    assert quota.left == 40  # 10 in flight are spent
+    quota.read(1.01, attrs.evolve(window, remaining=45), 0, sent_at=0.99)
+    assert quota.left == 45  # fresher: replaces (the 10 were counted by the server)
+    quota.read(1.02, attrs.evolve(window, remaining=48), 0, sent_at=0.985)
+    assert quota.left == 45  # older news: the least wins
+    quota.read(1.03, attrs.evolve(window, remaining=3), 5, sent_at=1.0)
+    assert quota.left == -2
+    assert 0 < quota.blocks(1.03) <= UNSEEN_WAIT  # 5 answers may tell better
+    quota.read(1.04, attrs.evolve(window, remaining=0), 0, sent_at=1.01)
+    assert quota.blocks(1.04) == pytest.approx(30.0)  # spent: wait for the reset
 
 
 def test_the_reported_pace_is_the_pace_in_force() -> None:

@@ -25,6 +25,7 @@ SUBSET = [
     "fixed 2/s RA rest",  # a window spent as far as the last one held (was 6.7% refused)
     "per-minute, RA 60",  # 60 a minute, Retry-After 60 s (was 9.1% refused)
     "sliding 20/s headers",  # quota headers
+    "fixed 5/s headers",  # a window's quota spent as it opens (was 1.2x N/R)
     "random 429 5% RA 0",  # refusals at random are noise (was 90x slower)
     "random 429 5% no RA",
     "drop 500->50/s",  # a limit that drops tenfold (was 9% refused)
