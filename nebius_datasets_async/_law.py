@@ -476,10 +476,11 @@ class Law:
             wait = retry_after if retry_after else FIRST_BACKOFF * 2.0 ** min(self.hold.count, 7)
             wait = min(wait, MAX_BACKOFF) if not retry_after else wait
             self._hold(now, wait, "blocked")
+            before = self.pace(now)  # (None: unpaced, as a noise verdict would restore)
             if self.phase is not Phase.MEASURING:
-                self._limit_seen = self.pace(now) or math.inf
-                self.rate = self.pace(now) or self.min_rate
-            self._enter_measuring(now, self.rate)
+                self._limit_seen = before or math.inf
+                self.rate = before or self.min_rate
+            self._enter_measuring(now, before)
             if self._probe_pace is None:
                 self._blocked_since = now
             self._probe_pace = 1.0 / max(wait, 1e-3)  # one request a hold, until one passes
@@ -760,10 +761,14 @@ class Law:
                     pace = max(min(pace, HEADROOM * oks / span), self.min_rate)
                     self._limit_seen = pace / HEADROOM
                 self.rate = pace
-                self._noise[Refusal.THROTTLE] *= 0.5  # quiet: the refusals were the limit's
+                if now - self._last_refusal >= quiet:
+                    # no refusal at all since: slowing down ended them, they were the limit's
+                    # (refusals that went on, judged noise round by round, were noise)
+                    self._noise[Refusal.THROTTLE] *= 0.5
                 far = not measured and pace < SEARCH_UP_TO * self._limit_seen * HEADROOM
                 self.phase = Phase.SEARCHING if far else Phase.HOLDING
-                self._trials.pop(Refusal.THROTTLE, None)
+                if now - self._last_refusal >= quiet:
+                    self._trials.pop(Refusal.THROTTLE, None)  # ended: the limit's
             return
         if dt <= 0 or now - self._last_bound > max(1.0, 2.0 / pace):
             return  # pacing is not what holds requests back: the pace holds

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -42,6 +43,22 @@ def test_cell_meets_its_target(name: str) -> None:
     result = sim.run_cell(cell)
     ok, why = sim.verdict(result, sim.baseline(cell))
     assert ok, f"{name}: {why}"
+
+
+@pytest.mark.parametrize(("name", "seed"), [("random 429 10% RA 0", 2), ("random 429 10% RA 1", 3)])
+def test_random_refusals_never_collapse_the_pace(name: str, seed: int) -> None:
+    """10% of requests refused at random, no limit: draws where noise rounds ran above twice
+    the learned share cut the pace again and again (to 0.5/s: 480-1,250x the run without
+    refusals). Refusals that go on while the law slows down keep their noise trial and the
+    learned noise; a closed-limit hold in the open phase restores the open phase. (Still
+    2-25x: a miss of issue 16's 1.5x, stated in docs/flow-control.md.)
+    """
+    cell = attrs.evolve(CELLS[name], seed=seed)
+    result = sim.run_cell(cell)
+    base = sim.baseline(cell)
+    assert base is not None
+    assert result.failed == 0
+    assert result.wall <= 30 * base.wall, (result.wall, base.wall)
 
 
 def test_a_limit_that_rises_tenfold_is_found_within_ten_seconds() -> None:
