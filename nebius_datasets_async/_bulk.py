@@ -3,9 +3,11 @@
 A bulk run is built from small parts on the client's public call path (``apply`` with a
 ``CallContext``): ``_Source`` reads the caller's (async) iterable lazily, so memory stays flat
 however many updates there are; ``_IdOrder`` runs the updates of one dataset id one at a time,
-in input order; a fixed pool of workers (the run's ``concurrency``, its share of the client's
-flow control) turns each update into a ``PatchOutcome``. Pacing, pauses and the retry budget
-belong to the client's flow control, shared with every other call of the client.
+in input order; a fixed pool of workers turns each update into a ``PatchOutcome``, at most the
+run's ``concurrency`` of them holding a place in the client's flow control or a request in
+flight at once (a call that waits to retry gives its place to another worker meanwhile).
+Pacing, pauses and the retry budget belong to the client's flow control, shared with every
+other call of the client.
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ class BulkReport:
 _DONE: Any = object()
 #: 403s for this many different datasets in a row, with no success between: the key is refused.
 FORBIDDEN_STREAK = 5
+#: Workers per place of a run's concurrency: a call waiting to retry (a Retry-After, a
+#: backoff) gives its place back, and another worker's update takes it meanwhile.
+WORKERS_PER_PLACE = 4
 
 
 class _Source:
@@ -246,6 +251,10 @@ class _IdOrder:
 
     def __init__(self) -> None:
         self._busy: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def busy(self, key: str) -> bool:
+        """Whether an update of ``key`` is in progress (``acquire`` would wait)."""
+        return key in self._busy
 
     async def acquire(self, key: str) -> None:
         waiters = self._busy.get(key)
@@ -318,6 +327,7 @@ class BulkRun:
         self._forbidden: set[str] = set()
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=self._concurrency * 2)
         self._workers: list[asyncio.Task[None]] = []
+        self._share: asyncio.Semaphore | None = None  # the run's places (made in its loop)
         self._supervisor: list[asyncio.Task[None]] = []
         self._stream: weakref.ref[AsyncGenerator[PatchOutcome, None]] | None = None
         self._iterated = False
@@ -431,9 +441,10 @@ class BulkRun:
         self._info = RunInfo(concurrency=self._concurrency, started=self._started)
         if self._events.active:  # event: RunStarted
             self._events.emit(RunStarted(self._info))
+        self._share = asyncio.Semaphore(self._concurrency)
         self._workers = [
             asyncio.create_task(self._worker(), name=f"nebius-bulk-worker-{i}")
-            for i in range(self._concurrency)
+            for i in range(self._concurrency * WORKERS_PER_PLACE)
         ]
 
     def _end(self) -> None:
@@ -480,14 +491,32 @@ class BulkRun:
     # -- workers -----------------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        source, order = self._source, self._order
-        while (update := await source.next()) is not None:
-            key = update.dataset_id
-            await order.acquire(key)
+        source, order, share = self._source, self._order, self._share
+        assert share is not None
+        while True:
+            # A place first, then the next update: nothing is read that could not be sent
+            # (a worker whose call waits to retry holds its update, not a place).
+            await share.acquire()
+            context = self._context(holding=True)
             try:
-                outcome = await self._apply(update)
+                update = await source.next()
+                if update is None:
+                    break
+                key = update.dataset_id
+                if order.busy(key):
+                    # an earlier update of this id runs (or waits to retry): wait for it
+                    # without a place, which it may need
+                    share.release()
+                    context.holding = False
+                await order.acquire(key)
+                try:
+                    outcome = await self._apply(update, context)
+                finally:
+                    order.release(key)
             finally:
-                order.release(key)
+                if context.holding:
+                    share.release()
+                    context.holding = False
             await self._emit(outcome)
         if source.error is not None:
             # The input failed: finish what is in flight, skip the rest, then raise it.
@@ -508,10 +537,17 @@ class BulkRun:
         if self._events.active:
             self._report_progress()
 
-    async def _apply(self, update: DatasetUpdate) -> PatchOutcome:
-        context = CallContext(
-            policy=self._policy, stats=self._stats, stop=self._signal, run=self._info
+    def _context(self, *, holding: bool) -> CallContext:
+        return CallContext(
+            policy=self._policy,
+            stats=self._stats,
+            stop=self._signal,
+            run=self._info,
+            share=self._share,
+            holding=holding,
         )
+
+    async def _apply(self, update: DatasetUpdate, context: CallContext) -> PatchOutcome:
         try:
             dataset = await self._client.apply(update, context=context)
         except RunStoppedError as exc:

@@ -99,7 +99,11 @@ class CallContext:
     - ``policy``: a ``RetryPolicy`` instead of the client's;
     - ``stats``: counters shared by many calls, updated live;
     - ``stop``: a ``StopSignal`` that ends the call between attempts;
-    - ``run``: the bulk run the call belongs to, named in its events.
+    - ``run``: the bulk run the call belongs to, named in its events;
+    - ``share``: a semaphore bounding how many of the engine's calls hold a place in the
+      gate or a request in flight at once (released while a call waits to retry);
+      ``holding``: the caller already holds one for the first attempt (it is released, and
+      ``holding`` cleared, once that attempt is answered).
 
     After the call, ``attempts`` and ``throttled`` hold what this call did.
     """
@@ -108,6 +112,8 @@ class CallContext:
     stats: CallStats | None = None
     stop: StopSignal | None = None
     run: RunInfo | None = None
+    share: asyncio.Semaphore | None = None
+    holding: bool = False
     attempts: int = 0
     throttled: int = 0
 
@@ -205,7 +211,7 @@ class Caller:
         events = self.events
         ctx = context if context is not None else CallContext()
         policy = ctx.policy or self.policy
-        stats, stop, flow = ctx.stats, ctx.stop, self.flow
+        stats, stop, flow, share = ctx.stats, ctx.stop, self.flow, ctx.share
         # A sleep injected for tests returns at once; `skipped` adds the time it should have
         # taken, so that deadlines count it all the same.
         skipped = 0.0
@@ -216,93 +222,108 @@ class Caller:
         while True:
             if stop is not None and stop.reason is not None:
                 raise stop.reason
+            # An engine's share of places (a bulk run's concurrency): held from admission
+            # to the answer, not while the call waits to retry, so a call sleeping through a
+            # Retry-After or a backoff does not hold up the engine's other calls.
+            if share is not None and not ctx.holding:
+                await self._take_share(share, None if deadline is None else deadline - skipped)
+                ctx.holding = True
             try:
-                ticket = await flow.admit(
-                    None if deadline is None else deadline - skipped,
-                    max_wait=policy.max_retry_after,
-                )
-            except APITimeoutError:
-                if error is not None:
-                    raise error from None  # the last attempt's error says more
-                raise
-            if stop is not None and stop.reason is not None:
-                flow.cancel(ticket)
-                raise stop.reason
-            ctx.attempts += 1
-            attempt = ctx.attempts
-            outgoing = request
-            if watch is not None:  # events: Admitted, Sent
-                watch.waited += ticket.waited_place + ticket.waited_slot
-                events.emit(Admitted(watch.info, attempt, ticket.waited_place, ticket.waited_slot))
-                extra: dict[str, str] = {}
-                events.emit(Sent(watch.info, attempt, extra))
-                if extra:
-                    outgoing = attrs.evolve(request, headers=extra)
-            timeout = self.timeout
-            if deadline is not None:
-                timeout = min(timeout, max(deadline - skipped - clock(), 0.001))
-            if stats is not None:
-                stats.requests += 1
-                stats.in_flight += 1
-            # The attempt's latency, on the loop's clock (a flow's own clock, such as the
-            # fleet's monotonic one, may run apart from the loop's: uvloop's is cached).
-            sent_at = clock()
-            try:
-                response = await self.transport.send(outgoing, timeout)
-            except APIConnectionError as exc:
-                error = exc
-                lost = Failure.TIMEOUT if isinstance(exc, APITimeoutError) else Failure.ERROR
-                flow.on_failure(ticket, lost)
-                failure: Failure | None = lost
-                if events.active:  # event: Failed (no answer)
-                    events.emit(
-                        Failed(
-                            self._info(request, ctx, watch),
-                            attempt,
-                            lost.value,
-                            None,
-                            clock() - sent_at,
-                            exc,
-                        )
+                try:
+                    ticket = await flow.admit(
+                        None if deadline is None else deadline - skipped,
+                        max_wait=policy.max_retry_after,
                     )
-            except BaseException:
-                flow.cancel(ticket)
-                raise
-            else:
-                limits = parse_rate_limits(response.headers)
-                if watch is not None:  # event: Answered
-                    watch.status = response.status
+                except APITimeoutError:
+                    if error is not None:
+                        raise error from None  # the last attempt's error says more
+                    raise
+                if stop is not None and stop.reason is not None:
+                    flow.cancel(ticket)
+                    raise stop.reason
+                ctx.attempts += 1
+                attempt = ctx.attempts
+                outgoing = request
+                if watch is not None:  # events: Admitted, Sent
+                    watch.waited += ticket.waited_place + ticket.waited_slot
                     events.emit(
-                        Answered(
-                            watch.info,
-                            attempt,
-                            response.status,
-                            clock() - sent_at,
-                            request_id(response.headers),
-                        )
+                        Admitted(watch.info, attempt, ticket.waited_place, ticket.waited_slot)
                     )
-                if 200 <= response.status < 300:
-                    flow.on_answer(ticket, limits)
-                    return decode_dataset(request, response)
-                error, failure = self._settle_error(ticket, request, response, limits)
-                if events.active:  # events: Throttled, Failed (an error answer)
-                    info = self._info(request, ctx, watch)
-                    if failure is None:
-                        events.emit(Throttled(info, attempt, response.status, error.retry_after))
-                    else:
+                    extra: dict[str, str] = {}
+                    events.emit(Sent(watch.info, attempt, extra))
+                    if extra:
+                        outgoing = attrs.evolve(request, headers=extra)
+                timeout = self.timeout
+                if deadline is not None:
+                    timeout = min(timeout, max(deadline - skipped - clock(), 0.001))
+                if stats is not None:
+                    stats.requests += 1
+                    stats.in_flight += 1
+                # The attempt's latency, on the loop's clock (a flow's own clock, such as the
+                # fleet's monotonic one, may run apart from the loop's: uvloop's is cached).
+                sent_at = clock()
+                try:
+                    response = await self.transport.send(outgoing, timeout)
+                except APIConnectionError as exc:
+                    error = exc
+                    lost = Failure.TIMEOUT if isinstance(exc, APITimeoutError) else Failure.ERROR
+                    flow.on_failure(ticket, lost)
+                    failure: Failure | None = lost
+                    if events.active:  # event: Failed (no answer)
                         events.emit(
                             Failed(
-                                info,
+                                self._info(request, ctx, watch),
                                 attempt,
-                                failure.value,
-                                response.status,
+                                lost.value,
+                                None,
                                 clock() - sent_at,
-                                error,
+                                exc,
                             )
                         )
+                except BaseException:
+                    flow.cancel(ticket)
+                    raise
+                else:
+                    limits = parse_rate_limits(response.headers)
+                    if watch is not None:  # event: Answered
+                        watch.status = response.status
+                        events.emit(
+                            Answered(
+                                watch.info,
+                                attempt,
+                                response.status,
+                                clock() - sent_at,
+                                request_id(response.headers),
+                            )
+                        )
+                    if 200 <= response.status < 300:
+                        flow.on_answer(ticket, limits)
+                        return decode_dataset(request, response)
+                    error, failure = self._settle_error(ticket, request, response, limits)
+                    if events.active:  # events: Throttled, Failed (an error answer)
+                        info = self._info(request, ctx, watch)
+                        if failure is None:
+                            events.emit(
+                                Throttled(info, attempt, response.status, error.retry_after)
+                            )
+                        else:
+                            events.emit(
+                                Failed(
+                                    info,
+                                    attempt,
+                                    failure.value,
+                                    response.status,
+                                    clock() - sent_at,
+                                    error,
+                                )
+                            )
+                finally:
+                    if stats is not None:
+                        stats.in_flight -= 1
             finally:
-                if stats is not None:
-                    stats.in_flight -= 1
+                if share is not None and ctx.holding:
+                    share.release()
+                    ctx.holding = False
 
             if not policy.is_retryable(error):
                 raise error
@@ -339,6 +360,18 @@ class Caller:
             else:
                 await self._sleep(delay)
             skipped += max(0.0, delay - (clock() - started))
+
+    @staticmethod
+    async def _take_share(share: asyncio.Semaphore, deadline: float | None) -> None:
+        """Wait for a place in the engine's share, at most until ``deadline`` (loop time)."""
+        if deadline is None:
+            await share.acquire()
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await share.acquire()
+        except TimeoutError:
+            raise APITimeoutError("the deadline passed while waiting to send") from None
 
     def _settle_error(
         self, ticket: Ticket, request: Request, response: Response, limits: RateLimits

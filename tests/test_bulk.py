@@ -405,3 +405,42 @@ async def test_bad_concurrency_is_refused_before_sending() -> None:
         with pytest.raises(InvalidArgumentError):
             client.patch_many([DatasetUpdate(fake.dataset_ids[0], name="x")], concurrency=0)
         assert fake.requests == []
+
+
+async def test_an_update_waiting_to_retry_gives_its_place_to_the_next() -> None:
+    """Concurrency 1: the first update is throttled with Retry-After 1 s. While it waits, the
+    run's one place sends the next updates (never two at once); the throttled one is applied
+    after them, and no update is read before a place is free for it.
+    """
+    async with FakeDatasetsServer(datasets=3) as fake:
+        first, second, third = fake.dataset_ids
+        fake.fail_next(1, status=429, retry_after=1)
+        updates = [DatasetUpdate(i, name=f"n-{i}") for i in (first, second, third)]
+        done: list[str] = []
+        async with fake.client() as client:
+            async for outcome in client.patch_many(updates, concurrency=1):
+                assert outcome.ok, outcome
+                done.append(outcome.update.dataset_id)
+        assert done == [second, third, first]
+        assert fake.stats.max_in_flight == 1
+        assert all(fake.store[i]["name"] == f"n-{i}" for i in (first, second, third))
+
+
+async def test_updates_of_one_id_waiting_behind_a_retry_hold_no_place() -> None:
+    """Concurrency 1, two updates of one dataset and the first throttled: the second waits
+    for the first without holding the run's one place (which the first needs to retry), so
+    the run ends, in input order for that dataset.
+    """
+    async with FakeDatasetsServer(datasets=2) as fake:
+        same, other = fake.dataset_ids
+        fake.fail_next(1, status=429, retry_after=0.5)
+        updates = [
+            DatasetUpdate(same, name="first"),
+            DatasetUpdate(same, name="second"),
+            DatasetUpdate(other, name="other"),
+        ]
+        async with fake.client() as client:
+            report = await asyncio.wait_for(client.patch_all(updates, concurrency=1), 10)
+        assert report.succeeded == 3
+        assert fake.store[same]["name"] == "second"
+        assert fake.store[other]["name"] == "other"
