@@ -2,8 +2,10 @@
 
 Usage: python benchmarks/server.py '{"datasets": 5000, "faults": {...}, "cpu": 1}'
 
-Prints one JSON line with base_url and api_key once listening; on SIGTERM prints its counters
-as a second JSON line and exits.
+Prints one JSON line with base_url, api_key and ``started`` (its ``time.monotonic()``) once
+listening; on SIGTERM prints its counters as a second JSON line and exits. ``"changes": [[5.0,
+{"rate_limit": 10}], ...]`` replaces those fields of the faults that many seconds after
+``started`` (a limit that drops or rises mid-run).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from nebius_datasets_async.testing import FakeDatasetsServer, Faults
 
@@ -32,7 +37,11 @@ async def serve(config: dict[str, object]) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    print(json.dumps({"base_url": fake.base_url, "api_key": fake.api_key}), flush=True)
+    started = time.monotonic()
+    for at, change in config.get("changes", ()):  # type: ignore[attr-defined]
+        loop.call_at(started + float(at), _change_faults, fake, change)
+    hello = {"base_url": fake.base_url, "api_key": fake.api_key, "started": started}
+    print(json.dumps(hello), flush=True)
     await stop.wait()
     stats = fake.stats
     print(
@@ -49,13 +58,16 @@ async def serve(config: dict[str, object]) -> None:
     await fake.stop()
 
 
+def _change_faults(fake: FakeDatasetsServer, change: dict[str, Any]) -> None:
+    fake.faults = attrs.evolve(fake.faults, **change)
+
+
 def serve_uvicorn(config: dict[str, Any]) -> None:
     """The FastAPI app of the contract (tests/contract/app.py) under uvicorn, with the given
     uvicorn settings (``limit_concurrency``, ``timeout_keep_alive``).
     """
     import socket
     import threading
-    import time
 
     import uvicorn
 

@@ -13,9 +13,12 @@ single calls.
     .venv/bin/python benchmarks/simulator.py              # the full table (a few minutes)
     .venv/bin/python benchmarks/simulator.py --quick      # a representative subset
     .venv/bin/python benchmarks/simulator.py --only bucket --out /tmp/sim.md
+    .venv/bin/python benchmarks/simulator.py --out benchmarks/SIMULATOR.md \
+        --svg benchmarks/simulator.svg                    # what RESULTS.md shows
 
-The table is written as Markdown with a heat map (PNG, matplotlib when installed) of
-wall/(N/R) and of the refused share per cell. ``tests/test_simulator.py`` runs a subset of the
+The table is written as Markdown (``--out``) and as a picture (``--svg``, plain SVG text, no
+plotting library): heat maps of wall/(N/R) and of the refused share per cell, each figure
+coloured by how far it is from its target. ``tests/test_simulator.py`` runs a subset of the
 cells and asserts the targets.
 """
 
@@ -23,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections import deque
@@ -229,6 +234,10 @@ class Result:
     #: (start, latency) of every successful single call
     calls: list[tuple[float, float]]
     cpu: float
+    #: When a request sent the moment the client learnt of the first refusal arrived, on the
+    #: log's clock (``None``: one latency after the first refusal, as on virtual time, where
+    #: the answer takes exactly the latency; a real round trip takes longer).
+    first_known: float | None = None
 
     @property
     def requests(self) -> int:
@@ -271,6 +280,8 @@ class Result:
         first = next((t for t, s in self.log if s != 200), math.inf)
         if self.cell.limit.kind in ("fixed", "sliding"):
             return max(first, self.cell.limit.window)
+        if self.first_known is not None:
+            return self.first_known
         return first + self.cell.latency
 
     @property
@@ -414,40 +425,75 @@ def run_elsewhere(revision: str, names: list[str]) -> dict[str, str]:
 # -- targets ------------------------------------------------------------------------------------
 
 
-def verdict(result: Result, base: Result | None = None) -> tuple[bool, str]:
-    """Whether a cell meets its target (issue 16's), and the figure it is judged by."""
+@attrs.frozen
+class Check:
+    """One figure a target bounds: ``value`` at most ``bound`` (below it, if ``strict``; at
+    least ``bound``, if ``least``). ``figure`` names it (``"wall"``, ``"refused"``, ``"failed"``
+    or what else the target judges); ``shown`` is the value as the picture prints it.
+    """
+
+    figure: str
+    value: float
+    bound: float
+    shown: str = ""
+    least: bool = False
+    strict: bool = False
+
+    @property
+    def ok(self) -> bool:
+        if self.least:
+            return self.value >= self.bound
+        return self.value < self.bound if self.strict else self.value <= self.bound
+
+    @property
+    def excess(self) -> float:
+        """How far from the target: the value over its bound (the bound over the value, if
+        ``least``); at most 1 when met (barring a strict bound met exactly).
+        """
+        num, den = (self.bound, self.value) if self.least else (self.value, self.bound)
+        if den <= 0:
+            return 0.0 if num <= 0 else math.inf
+        return num / den
+
+
+def judge(result: Result, base: Result | None = None) -> tuple[list[Check], str]:
+    """The figures a cell's target (issue 16's) bounds, and the line that says how they did."""
     cell, lim = result.cell, result.cell.limit
     refused = result.refused_share
+    failed = Check("failed", result.failed, 0, shown=f"{result.failed} failed")
+
+    def refused_at_most(limit: float) -> Check:
+        return Check("refused", refused, limit, shown=f"{refused:.1%}")
+
     if cell.target == "limited":
         slack = lim.window if lim.kind in ("fixed", "sliding") else 2.0
         bound = 1.15 * result.ideal + slack
-        ok = refused <= 0.05 and result.wall <= bound and result.failed == 0
-        return ok, f"wall {result.wall:.1f} <= {bound:.1f}, refused {refused:.1%} <= 5%"
+        checks = [Check("wall", result.wall, bound), refused_at_most(0.05), failed]
+        return checks, f"wall {result.wall:.1f} <= {bound:.1f}, refused {refused:.1%} <= 5%"
     if cell.target == "headers":
         bound = result.ideal + 2.0
         if lim.kind == "fixed":  # spent as each window opens: the last window need not pass
             bound = max(0.0, math.ceil(cell.updates / (lim.rate * lim.window)) - 1) * lim.window
             bound += 2.0
-        ok = refused <= 0.01 and result.wall <= bound and result.failed == 0
-        return ok, f"wall {result.wall:.1f} <= {bound:.1f}, refused {refused:.1%} <= 1%"
+        checks = [Check("wall", result.wall, bound), refused_at_most(0.01), failed]
+        return checks, f"wall {result.wall:.1f} <= {bound:.1f}, refused {refused:.1%} <= 1%"
     if cell.target == "long-wait":
         wait = lim.window
         bound = result.ideal + wait
-        ok = result.wall <= bound and result.failed == 0 and refused <= 0.05
-        return (
-            ok,
-            f"wall {result.wall:.1f} <= N/R + {wait:.0f} = {bound:.1f}, refused {refused:.1%}",
-        )
+        checks = [Check("wall", result.wall, bound), refused_at_most(0.05), failed]
+        why = f"wall {result.wall:.1f} <= N/R + {wait:.0f} = {bound:.1f}, refused {refused:.1%}"
+        return checks, why
     if cell.target == "noise":
         assert base is not None
         longest = cell.noise_retry_after or 0.0
         bound = 1.5 * base.wall + longest
-        ok = result.wall <= bound and result.failed == 0
-        return ok, f"wall {result.wall:.2f} <= 1.5 x {base.wall:.2f} + {longest:g} = {bound:.2f}"
+        why = f"wall {result.wall:.2f} <= 1.5 x {base.wall:.2f} + {longest:g} = {bound:.2f}"
+        return [Check("wall", result.wall, bound), failed], why
     if cell.target == "drop":
         at = lim.changes[0][0]
         share = result.refused_from(at + 3.0)
-        return share <= 0.05, f"refused from 3 s after the drop {share:.1%} <= 5%"
+        check = Check("after the drop", share, 0.05, shown=f"{share:.1%} refused")
+        return [check], f"refused from 3 s after the drop {share:.1%} <= 5%"
     if cell.target == "rise":
         at, factor = lim.changes[0]
         new = lim.rate * factor
@@ -456,16 +502,29 @@ def verdict(result: Result, base: Result | None = None) -> tuple[bool, str]:
             None,
         )
         took = math.inf if reached is None else reached + 1 - at
-        return took <= 10, f"80% of the new limit after {took:.0f} s <= 10 s"
+        check = Check("time to 80%", took, 10, shown=f"80% in {took:.0f} s")
+        return [check], f"80% of the new limit after {took:.0f} s <= 10 s"
     if cell.target == "give-up":
         end = cell.updates / (cell.offered or 1.0)
         good = result.goodput(end / 2, end)
-        return good >= 0.75 * lim.rate, f"goodput {good:.1f}/s >= 75% of {lim.rate:g}/s"
+        check = Check("goodput", good, 0.75 * lim.rate, shown=f"{good:.1f}/s", least=True)
+        return [check], f"goodput {good:.1f}/s >= 75% of {lim.rate:g}/s"
     if cell.target == "service":
         p50, p99 = result.latency_quantile(0.5), result.latency_quantile(0.99)
-        ok = p50 <= 2 * cell.latency and p99 < 1.5 and result.failed == 0
-        return ok, f"p50 {p50 * 1000:.0f} ms <= {2000 * cell.latency:.0f} ms, p99 {p99:.2f} s"
-    return True, ""
+        checks = [
+            Check("p50", p50, 2 * cell.latency, shown=f"p50 {p50 * 1000:.0f} ms"),
+            Check("p99", p99, 1.5, shown=f"p99 {p99:.2f} s", strict=True),
+            failed,
+        ]
+        why = f"p50 {p50 * 1000:.0f} ms <= {2000 * cell.latency:.0f} ms, p99 {p99:.2f} s"
+        return checks, why
+    return [], ""
+
+
+def verdict(result: Result, base: Result | None = None) -> tuple[bool, str]:
+    """Whether a cell meets its target (issue 16's), and the figure it is judged by."""
+    checks, why = judge(result, base)
+    return all(c.ok for c in checks), why
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -623,11 +682,312 @@ def describe(result: Result, base: Result | None = None) -> str:
     )
 
 
+# -- the picture --------------------------------------------------------------------------------
+
+_GRID_NAME = re.compile(r"^(bucket|fixed|sliding) ([0-9.]+)/s (.+)$")
+_MET = ((0xC7, 0xE9, 0xC0), (0x23, 0x8B, 0x45))  # from just met to far below the bound
+_MISSED = ((0xFC, 0xBB, 0xA1), (0xA5, 0x0F, 0x15))  # from just over to 4x the bound or more
+_UNJUDGED = "#eeeeee"
+_FONT = "font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif"
+
+
+def _shade(excess: float | None) -> tuple[str, str]:
+    """Fill and text colour for a figure at ``excess`` times its bound (``None``: not judged).
+    Met: greens, the deeper the further below the bound (full at half of it); missed: reds,
+    the deeper the further over it (full at 4x).
+    """
+    if excess is None or math.isnan(excess):
+        return _UNJUDGED, "#333333"
+    if excess <= 1.0:
+        t, (lo, hi) = min(1.0, (1.0 - excess) / 0.5), _MET
+    else:
+        t, (lo, hi) = min(1.0, math.log2(excess) / 2.0), _MISSED
+    rgb = (round(a + (b - a) * t) for a, b in zip(lo, hi, strict=True))
+    return "#{:02x}{:02x}{:02x}".format(*rgb), ("#ffffff" if t > 0.55 else "#1a1a1a")
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+class _Svg:
+    """Hand-written SVG, element by element (no plotting library)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def text(
+        self,
+        x: float,
+        y: float,
+        s: str,
+        *,
+        size: int = 12,
+        anchor: str = "start",
+        weight: str = "normal",
+        fill: str = "#1a1a1a",
+    ) -> None:
+        extra = f'x="{x:g}" y="{y:g}"'  # only what differs from the defaults set on <svg>
+        extra += f' font-size="{size}"' if size != 12 else ""
+        extra += f' text-anchor="{anchor}"' if anchor != "start" else ""
+        extra += f' font-weight="{weight}"' if weight != "normal" else ""
+        extra += f' fill="{fill}"' if fill != "#1a1a1a" else ""
+        self.parts.append(f"<text {extra}>{_esc(s)}</text>")
+
+    def cell(
+        self,
+        x: float,
+        y: float,
+        w: float,
+        h: float,
+        value: str,
+        excess: float | None,
+        *,
+        name: str,
+        panel: str,
+        figure: str,
+        title: str,
+    ) -> None:
+        """One judged figure: a coloured box with its value printed in it, grouped with the
+        cell's name (``data-cell``) so a reader (or a test) can find every result.
+        """
+        fill, ink = _shade(excess)
+        missed = excess is not None and excess > 1.0
+        self.parts.append(
+            f'<g data-cell="{_esc(name)}" data-panel="{_esc(panel)}" data-figure="{figure}">'
+            f"<title>{_esc(title)}</title>"
+            f'<rect x="{x:g}" y="{y:g}" width="{w:g}" height="{h:g}" fill="{fill}" '
+            'stroke="#fff"/>'
+        )
+        self.text(
+            x + w / 2,
+            y + h / 2 + 4,
+            value,
+            size=11,
+            anchor="middle",
+            weight="bold" if missed else "normal",
+            fill=ink,
+        )
+        self.parts.append("</g>")
+
+    def render(self, width: float, height: float) -> str:
+        head = (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {width:.0f} {height:.0f}" style="{_FONT}" font-size="12" '
+            'fill="#1a1a1a">'
+            f'<rect width="100%" height="100%" fill="#ffffff"/>'
+        )
+        return "\n".join([head, *self.parts, "</svg>"]) + "\n"
+
+
+def _figure(checks: list[Check], figure: str) -> float | None:
+    found = [c.excess for c in checks if c.figure == figure]
+    return max(found) if found else None
+
+
+def _ratio_text(result: Result, base: Result | None) -> str:
+    ratio = result.wall / base.wall if base is not None else result.ratio
+    return "-" if math.isnan(ratio) else f"{ratio:.2f}"
+
+
+def heatmap_svg(judged: Iterable[tuple[Result, Result | None]]) -> str:
+    """The table as a picture: heat maps of wall/(N/R) and of the refused share after the first
+    burst, one row per server model and ``Retry-After`` variant, one column per rate; the other
+    cells in small panels. Each figure is coloured by how far it is from its bound in the
+    cell's target (``judge``) and printed in its box.
+    """
+    rows: list[tuple[Result, Result | None, list[Check], str, bool]] = []
+    for result, base in judged:
+        checks, why = judge(result, base)
+        rows.append((result, base, checks, why, all(c.ok for c in checks)))
+    grid: dict[tuple[str, float], int] = {}
+    variants: list[str] = []
+    rates: set[float] = set()
+    others: dict[str, list[int]] = {}
+    for i, (result, *_) in enumerate(rows):
+        match = _GRID_NAME.match(result.cell.name)
+        if match:
+            variant = f"{match[1]} {match[3]}"
+            if variant not in variants:
+                variants.append(variant)
+            rate = float(match[2])
+            rates.add(rate)
+            grid[variant, rate] = i
+        else:
+            others.setdefault(_panel_of(result.cell), []).append(i)
+    columns = sorted(rates)
+
+    svg = _Svg()
+    margin, label_w, cell_w, cell_h = 10.0, 128.0, 56.0, 22.0
+    width = max(830.0, 2 * margin + label_w + cell_w * len(columns))
+    met = sum(ok for *_, ok in rows)
+    svg.text(
+        margin,
+        22,
+        "Regime simulator: the client's real code against server models, on virtual time",
+        size=15,
+        weight="bold",
+    )
+    svg.text(
+        margin,
+        40,
+        f"{met} of {len(rows)} cells meet their target. Each box: the figure, "
+        "coloured by how far it is from its bound in the cell's target (bold: missed).",
+        size=11,
+        fill="#444444",
+    )
+    y = _legend(svg, margin, 52)
+    for line in (
+        "Bounds (issue 16): wall <= 1.15 N/R + 2 s (windows: + one window) and refused <= 5%; "
+        "with quota headers wall <= N/R + 2 s",
+        "(fixed windows: until the last window opens + 2 s) and refused <= 1%; no update may "
+        "fail. N/R: the least time the limit allows.",
+    ):
+        y += 14
+        svg.text(margin, y, line, size=11, fill="#444444")
+    y += 8
+
+    maps = (
+        ("wall", "wall / (N/R): time taken over the least the limit allows", _ratio_text),
+        (
+            "refused",
+            "refused share of the requests sent after the first burst (or window)",
+            lambda r, b: f"{r.refused_share:.1%}",
+        ),
+    )
+    for figure, title, show in maps:
+        if not grid:
+            break
+        y += 18
+        svg.text(margin, y, title, size=13, weight="bold")
+        y += 8
+        for j, rate in enumerate(columns):
+            x = margin + label_w + j * cell_w + cell_w / 2
+            svg.text(x, y + 14, f"{_number(rate)}/s", size=11, anchor="middle", fill="#444444")
+        y += 20
+        for variant in variants:
+            svg.text(margin + label_w - 6, y + cell_h / 2 + 4, variant, size=11, anchor="end")
+            for j, rate in enumerate(columns):
+                x = margin + label_w + j * cell_w
+                if (variant, rate) not in grid:
+                    continue
+                result, base, checks, why, ok = rows[grid[variant, rate]]
+                svg.cell(
+                    x,
+                    y,
+                    cell_w,
+                    cell_h,
+                    show(result, base),
+                    _figure(checks, figure),
+                    name=result.cell.name,
+                    panel=figure,
+                    figure=figure,
+                    title=f"{result.cell.name}: {'met' if ok else 'missed'}: {why}",
+                )
+            y += cell_h
+        y += 6
+
+    # the other cells: two columns of panels, each panel going to the shorter column
+    y += 14
+    row_h, col_ws = 20.0, (56.0, 56.0, 136.0)
+    sides: list[list[str]] = [[], []]
+    lengths = [0, 0]
+    for panel, indices in others.items():
+        side = 0 if lengths[0] <= lengths[1] else 1
+        sides[side].append(panel)
+        lengths[side] += len(indices) + 3
+    name_ws = [
+        max((6.0 * len(rows[i][0].cell.name) + 8 for p in panels for i in others[p]), default=0)
+        for panels in sides
+    ]
+    tops = [y, y]
+    for side, panels in enumerate(sides):
+        x0 = margin + (name_ws[0] + sum(col_ws) + 12 if side else 0.0)
+        name_w = name_ws[side]
+        for panel in panels:
+            py = tops[side]
+            svg.text(x0, py + 12, panel, size=12, weight="bold")
+            py += 18
+            xs = [x0 + name_w + sum(col_ws[:k]) for k in range(len(col_ws))]
+            for x, w, head in zip(xs, col_ws, ("wall/(N/R)", "refused", "target"), strict=True):
+                svg.text(x + w / 2, py + 12, head, size=10, anchor="middle", fill="#444444")
+            py += 16
+            for i in others[panel]:
+                result, base, checks, why, ok = rows[i]
+                name = result.cell.name
+                svg.text(x0 + name_w - 6, py + row_h / 2 + 4, name, size=11, anchor="end")
+                own = [c for c in checks if c.figure not in ("wall", "refused", "failed")]
+                own += [c for c in checks if c.figure == "failed" and not c.ok]
+                target = ", ".join(c.shown for c in own) or ("met" if ok else "missed")
+                boxes = (
+                    ("wall", _ratio_text(result, base), _figure(checks, "wall")),
+                    ("refused", f"{result.refused_share:.1%}", _figure(checks, "refused")),
+                    ("target", target, max((c.excess for c in checks), default=None)),
+                )
+                for x, w, (figure, value, excess) in zip(xs, col_ws, boxes, strict=True):
+                    svg.cell(
+                        x,
+                        py,
+                        w,
+                        row_h,
+                        value,
+                        excess,
+                        name=name,
+                        panel=panel,
+                        figure=figure,
+                        title=f"{name}: {'met' if ok else 'missed'}: {why}",
+                    )
+                py += row_h
+            tops[side] = py + 14
+    width = max(width, margin + name_ws[0] + name_ws[1] + 2 * sum(col_ws) + 12 + margin)
+    height = max(tops) + 6
+    svg.text(
+        margin,
+        height + 4,
+        "Random refusals: wall over the same run without them. "
+        "Opened on its own, a box shows its cell's target on hover; SIMULATOR.md has the table.",
+        size=10,
+        fill="#666666",
+    )
+    return svg.render(width, height + 14)
+
+
+def _panel_of(cell: Cell) -> str:
+    if cell.target == "noise":
+        return "Random refusals, no limit"
+    if cell.target in ("drop", "rise"):
+        return "Limits that change tenfold mid-run"
+    return "Several clients, single calls, long windows"
+
+
+def _legend(svg: _Svg, x: float, y: float) -> float:
+    """Swatches from far below the bound to far over it; returns the y below the legend."""
+    steps = (0.3, 0.6, 0.8, 0.95, 1.1, 1.5, 2.5, 4.0)
+    labels = ("<=0.5x", "0.6x", "0.8x", "0.95x", "1.1x", "1.5x", "2.5x", ">=4x")
+    svg.text(x, y + 15, "figure / its bound:", size=11, fill="#444444")
+    x0, w = x + 112, 52.0
+    for k, (excess, label) in enumerate(zip(steps, labels, strict=True)):
+        fill, ink = _shade(excess)
+        svg.parts.append(
+            f'<rect x="{x0 + k * w:.1f}" y="{y:.1f}" width="{w:.1f}" height="20" fill="{fill}"/>'
+        )
+        svg.text(x0 + k * w + w / 2, y + 14, label, size=10, anchor="middle", fill=ink)
+    end = x0 + len(steps) * w
+    svg.text(x0 + 2 * w, y + 34, "met", size=10, anchor="middle", fill="#238b45")
+    svg.text(x0 + 6 * w, y + 34, "missed", size=10, anchor="middle", fill="#a50f15")
+    svg.parts.append(
+        f'<rect x="{end + 14:.1f}" y="{y:.1f}" width="{w:.1f}" height="20" fill="{_UNJUDGED}"/>'
+    )
+    svg.text(end + 14 + w + 6, y + 14, "not judged on this figure", size=10, fill="#444444")
+    return y + 38
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a representative subset")
     parser.add_argument("--only", default="", help="cells whose name contains one of these")
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
+    parser.add_argument("--svg", type=Path, help="write the heat maps (an SVG picture) here")
     parser.add_argument(
         "--baseline", metavar="REV", help="also run the package as of this git revision"
     )
@@ -644,10 +1004,12 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for c in cells if any(w in c.name for w in args.only.split(","))]
     started = time.perf_counter()
     rows = []
+    judged: list[tuple[Result, Result | None]] = []
     met = 0
     for cell in cells:
         result = run_cell(cell)
         base = baseline(cell)
+        judged.append((result, base))
         met += verdict(result, base)[0]
         rows.append(describe(result, base))
         if args.rows or not args.baseline:
@@ -673,6 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
+    if args.svg:
+        args.svg.write_text(heatmap_svg(judged))
     return 0
 
 

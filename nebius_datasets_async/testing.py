@@ -90,6 +90,9 @@ class Faults:
     - ``rate_slow``: wait ``slow_delay`` seconds before answering (to exceed a client timeout).
     - ``rate_malformed``: a 200 whose body is truncated JSON or an HTML page.
     - ``latency``: seconds every request waits before it is handled.
+    - ``answer_delay``: seconds every answer waits after its request was handled (counted by
+      the limits, applied) before it is sent: ``latency=L / 2, answer_delay=L / 2`` is a
+      server that counts a request as it arrives, half a round trip of ``L`` after it left.
     - ``rate_limit`` / ``burst``: a token bucket of ``rate_limit`` requests per second holding
       ``burst`` tokens; a request finding it empty gets 429 with ``Retry-After:
       rate_limit_retry_after``.
@@ -114,6 +117,7 @@ class Faults:
     slow_delay: float = 5.0
     rate_malformed: float = attrs.field(default=0.0, validator=_probability)
     latency: float = 0.0
+    answer_delay: float = 0.0
     rate_limit: float | None = None
     burst: int = 10
     rate_limit_retry_after: float | None = 1.0
@@ -427,6 +431,8 @@ class FakeDatasetsServer:
         stats.max_in_flight_per_id = max(stats.max_in_flight_per_id, stats.in_flight_by_id[key])
         try:
             response = await self._respond(request)
+            if self.faults.answer_delay:
+                await asyncio.sleep(self.faults.answer_delay)
         finally:
             stats.in_flight -= 1
             stats.in_flight_by_id[key] -= 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import attrs
 import pytest
@@ -82,3 +83,62 @@ def test_the_simulator_runs_the_real_client_on_virtual_time() -> None:
     assert result.failed == 0
     assert sum(1 for _, status in result.log if status == 200) == 100
     assert result.wall >= (100 - 5) / 5  # the limit held it: virtual time really passed
+
+
+def _fake_result(cell: sim.Cell, wall: float, statuses: list[int]) -> sim.Result:
+    """A result without running anything: one request a second with these statuses."""
+    log = [(float(t), status) for t, status in enumerate(statuses)]
+    ok = statuses.count(200)
+    return sim.Result(cell=cell, wall=wall, log=log, succeeded=ok, failed=0, calls=[], cpu=0.0)
+
+
+def test_the_heat_map_is_valid_svg_with_one_box_per_result_and_figure() -> None:
+    """``--svg`` writes well-formed XML: each grid result is one box in each heat map (wall and
+    refused), each other result one row of three boxes in its panel, a missed figure is drawn
+    in red and a met one in green, and names are escaped.
+    """
+    met = sim.Cell("bucket 5/s no RA", sim.Limit("bucket", 5, 5, retry_after=None), 10)
+    missed = sim.Cell("fixed 20/s headers", sim.Limit("fixed", 20, window=1.0), 40)
+    drop = sim.Cell(
+        "drop 10->1/s <&>", sim.Limit("bucket", 10, 10, changes=((1.0, 0.1),)), 10, target="drop"
+    )
+    noise = sim.Cell("random 429 5% RA 0", sim.Limit("none"), 4, noise_429=0.05, target="noise")
+    judged = [
+        (_fake_result(met, 2.0, [200] * 10), None),  # 1.0x N/R, nothing refused: met
+        (_fake_result(missed, 9.0, [200] * 38 + [429] * 40), None),  # 4.5x N/R, 51% refused
+        (_fake_result(drop, 3.0, [200] * 10), None),
+        (_fake_result(noise, 1.0, [200, 429, 200, 200, 200]), _fake_result(noise, 1.0, [200] * 4)),
+    ]
+    root = ElementTree.fromstring(sim.heatmap_svg(judged))
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    boxes = [g for g in root.iter() if g.get("data-cell") is not None]
+    placed = sorted((g.get("data-cell"), g.get("data-figure")) for g in boxes)
+    assert placed == sorted(
+        [
+            ("bucket 5/s no RA", "wall"),
+            ("bucket 5/s no RA", "refused"),
+            ("fixed 20/s headers", "wall"),
+            ("fixed 20/s headers", "refused"),
+            *(
+                (name, figure)
+                for name in ("drop 10->1/s <&>", "random 429 5% RA 0")
+                for figure in ("wall", "refused", "target")
+            ),
+        ]
+    )
+
+    def fill(name: str, figure: str) -> str:
+        (g,) = (g for g in boxes if (g.get("data-cell"), g.get("data-figure")) == (name, figure))
+        rect = g.find("{http://www.w3.org/2000/svg}rect")
+        assert rect is not None
+        return rect.get("fill", "")
+
+    def reddish(colour: str) -> bool:
+        r, g = int(colour[1:3], 16), int(colour[3:5], 16)
+        return r > g
+
+    assert not reddish(fill("bucket 5/s no RA", "wall"))
+    assert not reddish(fill("bucket 5/s no RA", "refused"))
+    assert reddish(fill("fixed 20/s headers", "wall"))
+    assert reddish(fill("fixed 20/s headers", "refused"))
+    assert fill("random 429 5% RA 0", "refused") == "#eeeeee"  # not judged on it

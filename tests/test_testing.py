@@ -182,6 +182,28 @@ async def test_token_bucket_answers_429_with_retry_after() -> None:
     assert results[2][1]["Retry-After"] == "4"
 
 
+async def test_answer_delay_holds_the_answer_after_the_request_was_handled() -> None:
+    """With ``answer_delay`` the change is applied and counted by the limit at once, and the
+    answer (a 429 too) leaves only after the delay.
+    """
+    faults = Faults(rate_limit=0.01, burst=1, answer_delay=0.5)
+    async with FakeDatasetsServer(datasets=1, faults=faults) as fake:
+        dataset_id = fake.dataset_ids[0]
+        path = f"/v1/datasets/{dataset_id}"
+        first = asyncio.ensure_future(raw(fake, "PATCH", path, body=b'{"name": "early"}'))
+        await asyncio.sleep(0.25)
+        assert fake.store[dataset_id]["name"] == "early"  # applied...
+        assert not first.done()  # ...and not answered yet
+        assert fake.stats.in_flight == 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        second = await raw(fake, "GET", path)  # the bucket is empty since the first arrived
+        waited = loop.time() - started
+        assert (await first)[0] == 200
+    assert second[0] == 429
+    assert waited >= 0.5
+
+
 async def test_counters_and_request_log(fake: FakeDatasetsServer, client: DatasetsClient) -> None:
     """stats and requests record what was received."""
     await client.rename(fake.dataset_ids[0], "n")
