@@ -547,7 +547,7 @@ class FlowControl:
             held = now + law.wait_for_hold(now)
             law.answered(now, ticket.admitted_at)
             if limits.remaining is not None:
-                law.read_limits(now, limits, self._active, ticket.admitted_at)
+                law.read_limits(now, limits, self._active)
                 self._fail_held(now)  # a quota spent until its reset: who cannot wait fails
             self._budget.refund()
             self._dispatch(now)
@@ -570,7 +570,7 @@ class FlowControl:
             law = self._law
             held = now + law.wait_for_hold(now)
             if limits.remaining is not None:
-                law.read_limits(now, limits, self._active, ticket.admitted_at)
+                law.read_limits(now, limits, self._active)
             if pause and retry_after is not None:
                 law.hold_all(now, retry_after)
             law.refused(now, ticket.admitted_at, Refusal.THROTTLE, retry_after)

@@ -119,19 +119,17 @@ class QuotaReader:
         self._fixed = 0  # > 0: the reset counts down (a fixed window); < 0: it refills
         self._longest = 0.0  # the longest reset seen (a fixed window's whole span)
         self._asking = False  # after a reset: the next reading is the new window's
-        self._read_sent_at = -math.inf  # when the request of the reading in force was sent
-        self._unseen = 0  # requests in flight at that reading: fresher answers may come
+        self._least = math.inf  # the least ``remaining`` read in this window
+        self._unseen = 0  # requests in flight at the last reading: their answers may tell more
 
     @property
     def active(self) -> bool:
         return self.rate is not None or self.left is not None
 
-    def read(
-        self, now: float, limits: RateLimits, in_flight: int, sent_at: float | None = None
-    ) -> None:
+    def read(self, now: float, limits: RateLimits, in_flight: int) -> None:
         """An answer's headers, with ``in_flight`` of ours sent and not answered (the server
         may not have counted them yet, or counted them already: either way they are spent, until
-        their own answers tell better). ``sent_at``: when the answered request was sent.
+        their own answers tell better).
         """
         remaining = limits.remaining
         if remaining is None:
@@ -163,22 +161,17 @@ class QuotaReader:
             self.reset_at = now + (reset / quota if quota > 0 else reset)
         else:
             # a fixed window (or not known yet): what remains may leave now. Answers come
-            # back out of order: within one window, the least that remains is the truth.
+            # back out of order: within one window, the least that remains is the server's
+            # latest count; what is in flight now may not be in it yet.
             same_window = (
                 self.left is not None
                 and not self._asking
                 and abs(now + reset - self.reset_at) < max(0.1 * reset, 0.05)
             )
             self._asking = False
-            # Answers come back out of order: an answer to a request sent before the one the
-            # quota was last read from is older news (the least that remains is the truth);
-            # a newer one is the truth itself.
-            fresh = sent_at is not None and sent_at > self._read_sent_at
-            if same_window and self.left is not None and not fresh:
-                left = min(self.left, left)
-            if sent_at is not None and (fresh or not same_window):
-                self._read_sent_at = sent_at
-            self.left = left
+            least = float(remaining)
+            self._least = min(self._least, least) if same_window else least
+            self.left = self._least - max(in_flight, 0)
             self._unseen = max(in_flight, 0)
             self.reset_at = now + reset
             # what remains, spread over the time to the reset (the window's quota is spent
@@ -506,15 +499,13 @@ class Law:
         self._pending = kind
         self._decide(now)
 
-    def read_limits(
-        self, now: float, limits: RateLimits, in_flight: int, sent_at: float | None = None
-    ) -> None:
+    def read_limits(self, now: float, limits: RateLimits, in_flight: int) -> None:
         """An answer's quota headers (if any): with them the headers pace, not refusals.
-        ``in_flight``: requests sent (at or after ``sent_at``) and not answered.
+        ``in_flight``: requests sent and not answered.
         """
         if limits.remaining is None:
             return
-        self.quota.read(now, limits, in_flight, sent_at)
+        self.quota.read(now, limits, in_flight)
         if self.quota.active and self.phase is not Phase.HEADERS:
             self.phase = Phase.HEADERS
             self.hold = Hold()

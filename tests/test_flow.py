@@ -491,25 +491,24 @@ def test_a_limit_closed_at_first_contact_that_reopens_later_was_a_window() -> No
     assert law.phase is Phase.SEARCHING
 
 
-def test_a_fresher_quota_reading_replaces_an_older_one() -> None:
-    """Answers come back out of order. An answer to a request sent after the one the quota
-    was last read from is the truth (counting what is in flight as spent); an answer to a
-    request sent before it is older news, and the least that remains wins. A quota spent
-    while requests are in flight waits for their answers, not for the reset.
+def test_quota_headers_count_what_is_in_flight_now_not_when_last_read() -> None:
+    """Answers come back out of order. Within a window the least ``remaining`` read is the
+    server's latest count, and the requests in flight *now* may not be in it yet: as their
+    answers come, what is left grows back (it was only ever lowered, so requests in flight
+    were counted twice and a window's quota ran out early). A quota spent while requests are
+    in flight waits for their answers, not for the reset.
     """
     quota = QuotaReader()
-    window = RateLimits(remaining=50, limit=100, reset=30.0)
-    quota.read(1.0, window, 10, sent_at=0.98)
-    assert quota.left == 40  # 10 in flight are spent
-    quota.read(1.01, attrs.evolve(window, remaining=45), 0, sent_at=0.99)
-    assert quota.left == 45  # fresher: replaces (the 10 were counted by the server)
-    quota.read(1.02, attrs.evolve(window, remaining=48), 0, sent_at=0.985)
-    assert quota.left == 45  # older news: the least wins
-    quota.read(1.03, attrs.evolve(window, remaining=3), 5, sent_at=1.0)
+    window = RateLimits(remaining=56, limit=120, reset=30.0)
+    quota.read(1.0, window, 58)  # the last-sent request answered first: 58 more in flight
     assert quota.left == -2
-    assert 0 < quota.blocks(1.03) <= UNSEEN_WAIT  # 5 answers may tell better
-    quota.read(1.04, attrs.evolve(window, remaining=0), 0, sent_at=1.01)
-    assert quota.blocks(1.04) == pytest.approx(30.0)  # spent: wait for the reset
+    assert 0 < quota.blocks(1.0) <= UNSEEN_WAIT  # their answers may tell better
+    for in_flight, remaining in zip(range(57, -1, -1), range(57, 115), strict=True):
+        quota.read(1.01, attrs.evolve(window, remaining=remaining), in_flight)  # older news
+    assert quota.left == 56  # all answered: the server's count stands
+    assert quota.blocks(1.01) == 0.0
+    quota.read(1.02, attrs.evolve(window, remaining=0), 0)
+    assert quota.blocks(1.02) == pytest.approx(30.0)  # spent, nothing in flight: the reset
 
 
 def test_the_reported_pace_is_the_pace_in_force() -> None:
