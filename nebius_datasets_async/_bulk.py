@@ -187,8 +187,8 @@ class BulkReport:
 _DONE: Any = object()
 #: 403s for this many different datasets in a row, with no success between: the key is refused.
 FORBIDDEN_STREAK = 5
-#: Workers per place of a run's concurrency: a call waiting to retry (a Retry-After, a
-#: backoff) gives its place back, and another worker's update takes it meanwhile.
+#: Workers per place of a run's concurrency, at most: a call waiting to retry (a Retry-After,
+#: a backoff) gives its place back, and a spare worker's update takes it meanwhile.
 WORKERS_PER_PLACE = 4
 
 
@@ -328,6 +328,7 @@ class BulkRun:
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=self._concurrency * 2)
         self._workers: list[asyncio.Task[None]] = []
         self._share: asyncio.Semaphore | None = None  # the run's places (made in its loop)
+        self._live = 0  # workers running
         self._supervisor: list[asyncio.Task[None]] = []
         self._stream: weakref.ref[AsyncGenerator[PatchOutcome, None]] | None = None
         self._iterated = False
@@ -442,10 +443,24 @@ class BulkRun:
         if self._events.active:  # event: RunStarted
             self._events.emit(RunStarted(self._info))
         self._share = asyncio.Semaphore(self._concurrency)
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"nebius-bulk-worker-{i}")
-            for i in range(self._concurrency * WORKERS_PER_PLACE)
-        ]
+        for _ in range(self._concurrency):
+            self._add_worker()
+
+    def _add_worker(self) -> None:
+        self._live += 1
+        name = f"nebius-bulk-worker-{len(self._workers)}"
+        self._workers.append(asyncio.create_task(self._worker(), name=name))
+
+    def _spare(self) -> None:
+        """A call gave its place back to wait before retrying: let another worker use it
+        (at most ``WORKERS_PER_PLACE`` workers per place, and only while there is input).
+        """
+        if (
+            self._live < self._concurrency * WORKERS_PER_PLACE
+            and not self._source.done
+            and self._signal.reason is None
+        ):
+            self._add_worker()
 
     def _end(self) -> None:
         """Every worker ended: finish the run; raise what ended the input or a worker."""
@@ -480,17 +495,28 @@ class BulkRun:
             self._events.emit(RunFinished(self._info, self.progress(), error))
 
     async def _supervise(self) -> None:
-        results = await asyncio.gather(*self._workers, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                # A programming error in a worker: surface it once everything has ended.
-                self._worker_error = self._worker_error or result
+        waited = 0
+        while waited < len(self._workers):  # workers added meanwhile are waited for too
+            batch = self._workers[waited:]
+            waited = len(self._workers)
+            for result in await asyncio.gather(*batch, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError
+                ):
+                    # A programming error in a worker: surface it once everything has ended.
+                    self._worker_error = self._worker_error or result
         if self._sink is None:
             await self._results.put(_DONE)
 
     # -- workers -----------------------------------------------------------------------------
 
     async def _worker(self) -> None:
+        try:
+            await self._work()
+        finally:
+            self._live -= 1
+
+    async def _work(self) -> None:
         source, order, share = self._source, self._order, self._share
         assert share is not None
         while True:
@@ -545,6 +571,7 @@ class BulkRun:
             run=self._info,
             share=self._share,
             holding=holding,
+            waiting=self._spare,
         )
 
     async def _apply(self, update: DatasetUpdate, context: CallContext) -> PatchOutcome:

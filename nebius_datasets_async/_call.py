@@ -103,7 +103,8 @@ class CallContext:
     - ``share``: a semaphore bounding how many of the engine's calls hold a place in the
       gate or a request in flight at once (released while a call waits to retry);
       ``holding``: the caller already holds one for the first attempt (it is released, and
-      ``holding`` cleared, once that attempt is answered).
+      ``holding`` cleared, once that attempt is answered); ``waiting``: called when the call
+      is about to wait before retrying, its place given back.
 
     After the call, ``attempts`` and ``throttled`` hold what this call did.
     """
@@ -114,6 +115,7 @@ class CallContext:
     run: RunInfo | None = None
     share: asyncio.Semaphore | None = None
     holding: bool = False
+    waiting: Callable[[], None] | None = None
     attempts: int = 0
     throttled: int = 0
 
@@ -354,6 +356,8 @@ class Caller:
                 stats.retries += 1
             if events.active:  # event: Retrying (the log line is a subscriber)
                 events.emit(Retrying(self._info(request, ctx, watch), attempt, delay, error))
+            if ctx.waiting is not None:
+                ctx.waiting()
             started = clock()
             if stop is not None and self._sleep is asyncio.sleep:
                 await stop.sleep(delay)
