@@ -252,10 +252,6 @@ class _IdOrder:
     def __init__(self) -> None:
         self._busy: dict[str, deque[asyncio.Future[None]]] = {}
 
-    def busy(self, key: str) -> bool:
-        """Whether an update of ``key`` is in progress (``acquire`` would wait)."""
-        return key in self._busy
-
     async def acquire(self, key: str) -> None:
         waiters = self._busy.get(key)
         if waiters is None:
@@ -517,32 +513,17 @@ class BulkRun:
             self._live -= 1
 
     async def _work(self) -> None:
-        source, order, share = self._source, self._order, self._share
-        assert share is not None
-        while True:
-            # A place first, then the next update: nothing is read that could not be sent
-            # (a worker whose call waits to retry holds its update, not a place).
-            await share.acquire()
-            context = self._context(holding=True)
+        source, order = self._source, self._order
+        while (update := await source.next()) is not None:
+            key = update.dataset_id
+            await order.acquire(key)  # an earlier update of this id runs: after it
+            context = self._context()
             try:
-                update = await source.next()
-                if update is None:
-                    break
-                key = update.dataset_id
-                if order.busy(key):
-                    # an earlier update of this id runs (or waits to retry): wait for it
-                    # without a place, which it may need
-                    share.release()
-                    context.holding = False
-                await order.acquire(key)
-                try:
-                    outcome = await self._apply(update, context)
-                finally:
-                    order.release(key)
+                # the call takes one of the run's places for each attempt (and gives it back
+                # while it waits to retry)
+                outcome = await self._apply(update, context)
             finally:
-                if context.holding:
-                    share.release()
-                    context.holding = False
+                order.release(key)
             await self._emit(outcome)
         if source.error is not None:
             # The input failed: finish what is in flight, skip the rest, then raise it.
@@ -563,14 +544,13 @@ class BulkRun:
         if self._events.active:
             self._report_progress()
 
-    def _context(self, *, holding: bool) -> CallContext:
+    def _context(self) -> CallContext:
         return CallContext(
             policy=self._policy,
             stats=self._stats,
             stop=self._signal,
             run=self._info,
             share=self._share,
-            holding=holding,
             waiting=self._spare,
         )
 

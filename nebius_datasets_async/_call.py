@@ -101,10 +101,9 @@ class CallContext:
     - ``stop``: a ``StopSignal`` that ends the call between attempts;
     - ``run``: the bulk run the call belongs to, named in its events;
     - ``share``: a semaphore bounding how many of the engine's calls hold a place in the
-      gate or a request in flight at once (released while a call waits to retry);
-      ``holding``: the caller already holds one for the first attempt (it is released, and
-      ``holding`` cleared, once that attempt is answered); ``waiting``: called when the call
-      is about to wait before retrying, its place given back.
+      gate or a request in flight at once (taken for each attempt, given back while the call
+      waits to retry); ``waiting``: called when the call is about to wait before retrying,
+      its place given back.
 
     After the call, ``attempts`` and ``throttled`` hold what this call did.
     """
@@ -114,7 +113,6 @@ class CallContext:
     stop: StopSignal | None = None
     run: RunInfo | None = None
     share: asyncio.Semaphore | None = None
-    holding: bool = False
     waiting: Callable[[], None] | None = None
     attempts: int = 0
     throttled: int = 0
@@ -227,9 +225,13 @@ class Caller:
             # An engine's share of places (a bulk run's concurrency): held from admission
             # to the answer, not while the call waits to retry, so a call sleeping through a
             # Retry-After or a backoff does not hold up the engine's other calls.
-            if share is not None and not ctx.holding:
-                await self._take_share(share, None if deadline is None else deadline - skipped)
-                ctx.holding = True
+            if share is not None:
+                try:
+                    await self._take_share(share, None if deadline is None else deadline - skipped)
+                except APITimeoutError:
+                    if error is not None:
+                        raise error from None  # the last attempt's error says more
+                    raise
             try:
                 try:
                     ticket = await flow.admit(
@@ -323,9 +325,8 @@ class Caller:
                     if stats is not None:
                         stats.in_flight -= 1
             finally:
-                if share is not None and ctx.holding:
+                if share is not None:
                     share.release()
-                    ctx.holding = False
 
             if not policy.is_retryable(error):
                 raise error

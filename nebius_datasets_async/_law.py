@@ -314,7 +314,9 @@ class Law:
         self._oks: deque[float] = deque(maxlen=ADMITTED_SUCCESSES)  # the latest successes
         # a window (a long Retry-After ends it): what the last one held, and this one's counts
         self._window_quota: int | None = None
-        self._window_from = now
+        self._window_span = 0.0  # how long the last window lasted, from its first send
+        self._window_from = now  # when this window may open (the end of the last wait)
+        self._window_started: float | None = None  # its first send
         self._window_sent = self._window_answered = self._window_oks = 0
         self._noise: dict[Refusal, float] = {Refusal.THROTTLE: 0.0, Refusal.BUSY: 0.0}
         # what the law did for each kind of refusal, on trial until they stop (or prove noise)
@@ -360,7 +362,8 @@ class Law:
             and self.phase is not Phase.HEADERS
             and self._window_sent >= self._window_quota
             and self._window_sent > self._window_answered
-            and now >= self._window_from
+            and self._window_started is not None
+            and now < self._window_started + self._window_span
         ):
             # this window's quota (as the last one held) is out: one request at a time asks
             # whether more remains (the next answer re-checks)
@@ -373,6 +376,12 @@ class Law:
         """A request leaves."""
         self.quota.spend()
         if now >= self._window_from:
+            started = self._window_started
+            if started is None or now >= started + self._window_span:
+                # a new window (or the last one's span passed with no long wait to end it:
+                # it reset unseen, or was none): count afresh
+                self._window_started = now
+                self._window_sent = self._window_answered = self._window_oks = 0
             self._window_sent += 1
 
     def bound(self, now: float) -> None:
@@ -391,6 +400,8 @@ class Law:
         if sent_at >= self._window_from:
             self._window_answered += 1
             self._window_oks += 1
+            if self._window_quota is not None and self._window_oks > self._window_quota:
+                self._window_quota = self._window_oks  # the window holds more than the last
         self._episode_oks += 1
         closed = now - self._blocked_since
         if self._probe_pace is not None and self.phase is Phase.MEASURING and closed > WINDOW:
@@ -445,7 +456,10 @@ class Law:
                 # spent as far as that, then one request at a time)
                 if self._window_oks >= 2:
                     self._window_quota = self._window_oks
+                    started = self._window_started if self._window_started is not None else now
+                    self._window_span = self.hold.until - started
                 self._window_from = self.hold.until
+                self._window_started = None
                 self._window_sent = self._window_answered = self._window_oks = 0
             if self.phase is Phase.MEASURING and self._reopening and self._episode_oks <= 1:
                 # The last wait "reopened" to let one request through: no window but a

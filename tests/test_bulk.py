@@ -444,3 +444,32 @@ async def test_updates_of_one_id_waiting_behind_a_retry_hold_no_place() -> None:
         assert report.succeeded == 3
         assert fake.store[same]["name"] == "second"
         assert fake.store[other]["name"] == "other"
+
+
+async def test_an_input_that_waits_for_an_outcome_does_not_stall_a_retry() -> None:
+    """An async input that yields the next update only once the last one's outcome is known,
+    the first update throttled (Retry-After 0.2 s), concurrency 1: the retry gets its place
+    back (no worker holds one while it waits for the input), and both updates land.
+    """
+    async with FakeDatasetsServer(datasets=2) as fake:
+        first, second = fake.dataset_ids
+        fake.fail_next(1, status=429, retry_after=0.2)
+        outcome_known = asyncio.Event()
+
+        async def source() -> AsyncIterator[DatasetUpdate]:
+            yield DatasetUpdate(first, name="a")
+            await outcome_known.wait()
+            yield DatasetUpdate(second, name="b")
+
+        async with fake.client() as client:
+            run = client.patch_many(source(), concurrency=1)
+
+            async def consume() -> list[str]:
+                done = []
+                async for outcome in run:
+                    assert outcome.ok, outcome
+                    done.append(outcome.update.dataset_id)
+                    outcome_known.set()
+                return done
+
+            assert await asyncio.wait_for(consume(), 5) == [first, second]

@@ -245,6 +245,30 @@ def test_a_window_is_spent_as_far_as_the_last_one_held_then_one_at_a_time() -> N
     virtual(body)
 
 
+def test_a_window_learned_from_one_long_wait_ends_with_its_span() -> None:
+    """A one-off long Retry-After (a 503 asking for 2 s, a gateway's 429) teaches a "window"
+    of what got through before it; once that window's span has passed with no long wait to
+    end the next one, requests are not held to its count any more (they were, for good: one
+    at a time from then on).
+    """
+
+    async def body() -> None:
+        flow = make(initial_concurrency=64)
+        await answer(flow, 20, spacing=0.01)
+        flow.on_throttle(await flow.admit(), 2.0, NONE)  # everyone waits 2 s, once
+        await answer(flow, 20)
+        await asyncio.sleep(3.0)  # longer than the "window" lasted
+        started = now()
+        tickets = await asyncio.wait_for(
+            asyncio.gather(*(flow.admit() for _ in range(30))), timeout=1.0
+        )
+        assert now() - started < 0.1
+        for ticket in tickets:
+            flow.on_answer(ticket, NONE)
+
+    virtual(body)
+
+
 def test_a_long_retry_after_that_lets_one_request_through_paces_at_one_per_wait() -> None:
     """A "window" that reopens after a 2 s Retry-After to let one request through is a limit
     that refills one request per 2 s: the law paces at that instead of sending a volley at
