@@ -324,11 +324,15 @@ class Law:
         self._round_answers = 0
         self._round_refused = 0
         self._pending: Refusal | None = None  # a refusal of this round waits for a verdict
+        # the latest time a transition saw: the law's clock never runs backwards (a fleet's
+        # events reach it in the order their processes report them, not quite in time order)
+        self._now = now
 
     # -- what the gate reads -----------------------------------------------------------------
 
     def pace(self, now: float) -> float | None:
         """The pace in force now, in requests per second (``None``: unpaced)."""
+        now = max(now, self._now)
         if self.phase is Phase.HEADERS:
             return self.quota.rate
         rate = self.rate
@@ -346,12 +350,38 @@ class Law:
         bound = HEADROOM * (self._episode_oks + 1) / (span * (1.0 - min(noise, 0.5)))
         return max(min(rate, bound), self.min_rate)
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """The law's whole state as plain JSON data (every attribute, whatever its type among
+        the law's own; an attribute of any other type raises ``TypeError``), for a fleet that
+        keeps one law in a shared store. ``Law.restore`` makes the same law again.
+        """
+        data = _encode(self)
+        assert isinstance(data, dict)
+        return data
+
+    @classmethod
+    def restore(cls, data: object) -> Law:
+        """The law a ``snapshot()`` holds. Raises ``ValueError`` for anything that is not one
+        (an unknown type or attribute, a missing attribute); it builds only the law's own
+        types, so stored data cannot make it run code.
+        """
+        try:
+            law = _decode(data)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a snapshot of the law: {exc}") from exc
+        if not isinstance(law, cls):
+            raise ValueError("not a snapshot of the law")
+        return law
+
     def rate_cap(self) -> float:
         """The pace's ceiling, before the measuring bound (``inf``: none)."""
         return math.inf if self.rate is None else self.rate
 
     def wait_for_hold(self, now: float) -> float:
         """Seconds until everyone may send again (0: now)."""
+        now = max(now, self._now)
         wait = max(self.hold.until - now, 0.0)
         if self.quota.left is not None:
             wait = max(wait, self.quota.blocks(now))
@@ -377,13 +407,14 @@ class Law:
 
     def bound(self, now: float) -> None:
         """Pacing held a request back: the pace is what limits the flow (it may probe)."""
-        self._last_bound = now
+        self._last_bound = self._tick(now)
 
     def answered(self, now: float, sent_at: float) -> None:
         """A request was answered by a server that admitted it (a success, or an error that is
         the request's own).
         """
         self._measure_latency(now - sent_at)
+        now = self._tick(now)
         self._streak = 0
         self._last_ok = now
         self._oks.append(now)
@@ -423,6 +454,7 @@ class Law:
     def refused(self, now: float, sent_at: float, kind: Refusal, retry_after: float | None) -> None:
         """A request was refused: ``kind`` says how; ``retry_after`` is the server's wait."""
         self._measure_latency(now - sent_at)
+        now = self._tick(now)
         self._streak += 1
         self._retry_after = retry_after
         self.slow_start = False
@@ -505,6 +537,7 @@ class Law:
         """
         if limits.remaining is None:
             return
+        now = self._tick(now)
         self.quota.read(now, limits, in_flight)
         if self.quota.active and self.phase is not Phase.HEADERS:
             self.phase = Phase.HEADERS
@@ -515,9 +548,17 @@ class Law:
 
     def hold_all(self, now: float, seconds: float) -> None:
         """The server asked everyone to wait (a 503 with ``Retry-After``)."""
-        self._hold(now, seconds, "retry-after")
+        self._hold(self._tick(now), seconds, "retry-after")
 
     # -- the steps ---------------------------------------------------------------------------
+
+    def _tick(self, now: float) -> float:
+        """The time a transition acts at: ``now``, or the latest time seen if that is later
+        (an event that reaches the law late acts when it arrives; only its latency is its own).
+        """
+        if now > self._now:
+            self._now = now
+        return self._now
 
     def _measure_latency(self, sample: float) -> None:
         """Smooth the send-to-answer time (the first answer sets it)."""
@@ -785,3 +826,78 @@ class Law:
             # past it with no refusal: the limit rose; probe ever faster
             speed = min(MAX_PROBE, self.probe * 2.0 ** ((now - self._beyond) / PROBE_DOUBLING))
         self.rate = rate * (1.0 + min(speed * min(dt, 1.0), PROBE_STEP))
+
+
+# -- snapshots: plain JSON data, tagged ("$") where JSON has no type of its own -----------------
+
+_ENUMS: dict[str, type[enum.Enum]] = {"Phase": Phase, "Refusal": Refusal}
+_CLASSES: dict[str, type] = {"Law": Law, "Hold": Hold, "QuotaReader": QuotaReader, "_Trial": _Trial}
+_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _names(cls: type) -> frozenset[str]:
+    """The attributes an instance of one of the law's classes has."""
+    names = _NAMES.get(cls)
+    if names is None:
+        if attrs.has(cls):
+            names = frozenset(f.name for f in attrs.fields(cls))
+        elif "__slots__" in vars(cls):
+            names = frozenset(vars(cls)["__slots__"])
+        else:
+            example = Law(max_concurrency=1) if cls is Law else cls()
+            names = frozenset(vars(example))
+        _NAMES[cls] = names
+    return names
+
+
+def _encode(value: object) -> object:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$": "float", "v": repr(value)}
+    if isinstance(value, enum.Enum):
+        return {"$": type(value).__name__, "v": value.value}
+    if isinstance(value, list):
+        return [_encode(item) for item in value]
+    if isinstance(value, tuple):
+        return {"$": "tuple", "v": [_encode(item) for item in value]}
+    if isinstance(value, dict):
+        return {"$": "dict", "v": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    cls = type(value)
+    name = cls.__name__
+    if _CLASSES.get(name) is not cls:
+        raise TypeError(f"a snapshot of the law cannot hold a {name}")
+    if hasattr(value, "__dict__"):
+        fields = vars(value)
+    else:
+        fields = {n: getattr(value, n) for n in _names(cls)}
+    return {"$": name, "v": {n: _encode(v) for n, v in fields.items()}}
+
+
+def _decode(data: object) -> object:
+    if isinstance(data, list):
+        return [_decode(item) for item in data]
+    if not isinstance(data, dict):
+        if data is None or isinstance(data, bool | int | float | str):
+            return data
+        raise TypeError(f"not JSON data: {type(data).__name__}")
+    tag, value = data["$"], data["v"]
+    if tag == "float":
+        if value not in ("inf", "-inf", "nan"):
+            raise ValueError(f"not a float: {value!r}")
+        return float(value)
+    if tag == "tuple":
+        return tuple(_decode(item) for item in value)
+    if tag == "dict":
+        return {_decode(k): _decode(v) for k, v in value}
+    if tag in _ENUMS:
+        return _ENUMS[tag](value)
+    cls = _CLASSES.get(tag)
+    if cls is None or not isinstance(value, dict):
+        raise ValueError(f"not a type of the law: {tag!r}")
+    if set(value) != _names(cls):
+        raise ValueError(f"{tag} has other attributes: {sorted(set(value) ^ _names(cls))}")
+    obj: object = object.__new__(cls)
+    for name, item in value.items():
+        object.__setattr__(obj, name, _decode(item))
+    return obj
