@@ -537,8 +537,8 @@ class Law:
         """
         if limits.remaining is None:
             return
-        now = self._tick(now)
-        self.quota.read(now, limits, in_flight)
+        self._tick(now)
+        self.quota.read(now, limits, in_flight)  # (its own time: a reset counts from it)
         if self.quota.active and self.phase is not Phase.HEADERS:
             self.phase = Phase.HEADERS
             self.hold = Hold()
