@@ -226,10 +226,14 @@ class _Trial:
     pace), and what it did for them is undone.
     """
 
-    __slots__ = ("before", "flags", "kind", "paces")
+    __slots__ = ("before", "began", "flags", "kind", "paces")
 
-    def __init__(self, kind: Refusal, before: tuple[float | None, float, Phase, bool]) -> None:
+    def __init__(
+        self, kind: Refusal, before: tuple[float | None, float, Phase, bool], began: float
+    ) -> None:
         self.kind = kind
+        #: the law's clock when it began: answers from before it (reported late) do not count
+        self.began = began
         #: what the law did before (pace, cap, phase, slow start), to restore
         self.before = before
         #: whether each answer since was refused this way, and the pace (or cap) then
@@ -292,6 +296,7 @@ class Law:
         # MEASURING: since when refusals go on, and the successes since
         self._episode_start = now
         self._episode_oks = 0
+        self._episode_began = now  # the law's clock when the successes began to count
         self._episode_refused = 0  # refusals of requests sent since it began
         self._last_refusal = -math.inf
         self._last_signal = -math.inf  # the last refusal that was not noise
@@ -414,15 +419,16 @@ class Law:
         the request's own).
         """
         self._measure_latency(now - sent_at)
-        now = self._tick(now)
+        at, now = now, self._tick(now)  # (``at``: when it was answered, if reported late)
         self._streak = 0
         self._last_ok = now
-        self._oks.append(now)
+        self._oks.append(at)
         self.hold.count = 0
         if sent_at >= self._window_from:
             self._window_answered += 1
             self._window_oks += 1
-        self._episode_oks += 1
+        if at >= self._episode_began:
+            self._episode_oks += 1
         closed = now - self._blocked_since
         if self._probe_pace is not None and self.phase is Phase.MEASURING and closed > WINDOW:
             # A limit closed for seconds let one through: a window reopened with its whole
@@ -434,11 +440,11 @@ class Law:
             self._trials.pop(Refusal.THROTTLE, None)
         self._probe_pace = None
         for trial in list(self._trials.values()):
-            self._judge(trial, now, refused=False)
+            self._judge(trial, now, at, refused=False)
         busy = self._trials.get(Refusal.BUSY)
         if busy is not None and now - self._last_busy > max(1.0, 10.0 * self.latency):
             del self._trials[Refusal.BUSY]  # the cap cut ended them: a busy server's
-        if self._contact_at is not None and now >= self._contact_at:
+        if self._contact_at is not None and at >= self._contact_at:
             self._contact[0] += 1
             self._contact[2] += 1
             self._contacted(now)
@@ -454,7 +460,7 @@ class Law:
     def refused(self, now: float, sent_at: float, kind: Refusal, retry_after: float | None) -> None:
         """A request was refused: ``kind`` says how; ``retry_after`` is the server's wait."""
         self._measure_latency(now - sent_at)
-        now = self._tick(now)
+        at, now = now, self._tick(now)  # (``at``: when it was answered, if reported late)
         self._streak += 1
         self._retry_after = retry_after
         self.slow_start = False
@@ -464,7 +470,7 @@ class Law:
             self._episode_refused += 1
             self._last_refusal = now
         for trial in list(self._trials.values()):
-            self._judge(trial, now, refused=trial.kind is kind)
+            self._judge(trial, now, at, refused=trial.kind is kind)
         if sent_at >= self._window_from:
             self._window_answered += 1
         if retry_after is not None and retry_after > LONG_WAIT:
@@ -488,7 +494,7 @@ class Law:
                 self._last_signal = now
             elif self.phase is Phase.MEASURING:
                 self._episode_start = self.hold.until
-                self._episode_oks = 0
+                self._episode_oks, self._episode_began = 0, now
                 self._reopening = True
             if self._contact_at is not None and not self._contact_waited:
                 # first contact is judged by what comes after the wait (once)
@@ -512,14 +518,14 @@ class Law:
             self._last_signal = now
 
         if self._contact_at is not None and kind is Refusal.THROTTLE:
-            if now >= self._contact_at:
+            if at >= self._contact_at:
                 self._contact[0] += 1
                 self._contact[1] += 1
                 self._contacted(now)
             return
         if self._reopening and sent_at >= self.hold.until:
             self._reopening = False  # the reopened window is spent: measure again
-            self._episode_start, self._episode_oks = now, 0
+            self._episode_start, self._episode_oks, self._episode_began = now, 0, now
         headers = self.phase is Phase.HEADERS and kind is Refusal.THROTTLE
         if sent_at < self._last_cut or headers:
             return  # the same signal as the last decision, or the headers say better
@@ -592,7 +598,7 @@ class Law:
         self._after_block = False
         if self.phase is not Phase.MEASURING:
             self._episode_start = now
-            self._episode_oks = 0
+            self._episode_oks, self._episode_began = 0, self._now
             self._episode_refused = 0
             self._start_trial(Refusal.THROTTLE, pace)
             self.phase = Phase.MEASURING
@@ -600,13 +606,16 @@ class Law:
     def _start_trial(self, kind: Refusal, pace: float | None) -> None:
         if kind not in self._trials:
             before = (pace, self.cap, self.phase, self.slow_start)
-            self._trials[kind] = _Trial(kind, before)
+            self._trials[kind] = _Trial(kind, before, self._now)
 
-    def _judge(self, trial: _Trial, now: float, *, refused: bool) -> None:
+    def _judge(self, trial: _Trial, now: float, at: float, *, refused: bool) -> None:
         """Refusals that go on at the same share while the law slowed down are not the
         limit's (nor a busy server's): noise. Undo what they did, and from now on refusals at
-        about that share pass.
+        about that share pass. (An answer from before the trial began, reported late by a
+        fleet, says nothing of it.)
         """
+        if at < trial.began:
+            return
         measure = self.cap if trial.kind is Refusal.BUSY else (self.pace(now) or math.inf)
         share = trial.add(refused, measure)
         if share is None:
