@@ -380,6 +380,13 @@ class Law:
             raise ValueError("not a snapshot of the law")
         return law
 
+    @property
+    def judging(self) -> bool:
+        """First contact: the answers of the round trip after the first refusal decide
+        whether it met a limit (a fleet reports each of them at once).
+        """
+        return self._contact_at is not None
+
     def rate_cap(self) -> float:
         """The pace's ceiling, before the measuring bound (``inf``: none)."""
         return math.inf if self.rate is None else self.rate

@@ -231,9 +231,11 @@ class _FleetLaw:
             return False
         if self._urgent > 0 or at - self._proposed_at >= _PROPOSE_EVERY:
             return True
+        law = self._current(now)
+        if law.judging:
+            return True  # a first contact: the fleet's answers of a round trip judge it
         if at - self._proposed_at < _PROPOSE_SOONEST:
             return False
-        law = self._current(now)
         wait = law.wait_for_hold(now)
         new_hold = now + wait if wait > 0 else 0.0
         new_pace = law.pace(now) or 0.0

@@ -65,15 +65,42 @@ def env_for(fake: FakeDatasetsServer, **extra: str) -> dict[str, str]:
     return env
 
 
+class FirstBurst:
+    """Issue 16's measure of a run against the fake: the share of requests refused beyond the
+    first burst (the requests that reached the server before it answered its first 429: their
+    senders could not know of it). Watches the fake's counters from the test's loop.
+    """
+
+    def __init__(self, fake: FakeDatasetsServer) -> None:
+        self._fake = fake
+        self._counts: tuple[int, int] | None = None
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        stats = self._fake.stats
+        while not stats.statuses[429]:  # noqa: ASYNC110 (the fake has no event for it)
+            await asyncio.sleep(0.001)
+        requests = stats.requests
+        await asyncio.sleep(self._fake.faults.latency)  # (answered a latency later)
+        self._counts = (requests, stats.statuses[429])
+
+    def refused_later(self) -> float:
+        self._task.cancel()
+        stats = self._fake.stats
+        requests, refused = self._counts or (stats.requests, stats.statuses[429])
+        return (stats.statuses[429] - refused) / max(stats.requests - requests, 1)
+
+
 async def test_two_clients_share_one_pace_and_leave_no_trace_of_the_key(
     redis_url: str, redis: object
 ) -> None:
     """Two clients with their own RedisFlowControl (as two processes would) against one rate
-    limit: few 429s in total; every key has a TTL and one hash tag; no key or value holds the
-    API key.
+    limit: at most 5% of the requests beyond the first burst refused (issue 16's target);
+    every key has a TTL and one hash tag; no key or value holds the API key.
     """
     faults = Faults(rate_limit=200, burst=10, rate_limit_retry_after=1, latency=0.01)
     async with FakeDatasetsServer(datasets=1200, faults=faults, record_requests=False) as fake:
+        burst = FirstBurst(fake)
         ids = fake.dataset_ids
         flows = [RedisFlowControl(redis_url), RedisFlowControl(redis_url)]
         async with fake.client(flow=flows[0]) as one, fake.client(flow=flows[1]) as two:
@@ -84,8 +111,8 @@ async def test_two_clients_share_one_pace_and_leave_no_trace_of_the_key(
         for flow in flows:
             await flow.aclose()
         assert all(r.ok for r in reports)
-        # about 1% here (the fleet's first contact with the limit costs most of these)
-        assert fake.stats.statuses[429] / fake.stats.requests < 0.03, fake.stats
+        # 1-3% here, as one FlowControl shared by both clients gets (2.2%)
+        assert burst.refused_later() <= 0.05, fake.stats
         assert flows[0].keys == flows[1].keys
         # one Redis round trip books slots for every request waiting: about one per three here
         assert all(
@@ -190,7 +217,7 @@ def fleet_of(redis_url: str, n: int) -> list[RedisFlowControl]:
 async def redis_clock(redis: Any) -> float:
     """Redis's clock (the fleet's) minus ours."""
     seconds, micros = await redis.time()
-    return float(seconds) + micros / 1e6 - time.monotonic()
+    return float(seconds) + float(micros) / 1e6 - time.monotonic()
 
 
 async def stored(redis: Any, key: str, field: bytes, until: float = 5.0) -> float:
@@ -407,8 +434,8 @@ async def test_arq_workers_apply_every_job_at_the_shared_pace(
     redis_url: str, redis: object
 ) -> None:
     """The README's arq recipe: 1,000 jobs, two worker processes in burst mode, one Redis for
-    the queue and the flow, the fake at 200 requests/s: every job succeeds, under 3% of
-    requests are answered 429, and every dataset ends as asked.
+    the queue and the flow, the fake at 200 requests/s: every job succeeds, at most 5% of the
+    requests beyond the first burst are answered 429, and every dataset ends as asked.
     """
     arq = pytest.importorskip("arq")
     from arq.connections import RedisSettings
@@ -418,6 +445,7 @@ async def test_arq_workers_apply_every_job_at_the_shared_pace(
     with FakeDatasetsServer(
         datasets=1000, faults=faults, record_requests=False
     ).in_thread() as fake:
+        burst = FirstBurst(fake)
         pool = await arq.create_pool(RedisSettings.from_dsn(redis_url))
         try:
             jobs = [
@@ -450,4 +478,5 @@ async def test_arq_workers_apply_every_job_at_the_shared_pace(
             await pool.aclose()
         assert [r["name"] for r in results] == [f"arq-{n}" for n in range(1000)]
         assert all(fake.store[i]["folder"] == "/arq" for i in fake.dataset_ids)
-        assert fake.stats.statuses[429] / fake.stats.requests < 0.03, fake.stats
+        print("REFUSED-LATER", burst.refused_later(), fake.stats.statuses)
+        assert burst.refused_later() <= 0.05, fake.stats
