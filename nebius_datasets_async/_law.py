@@ -877,6 +877,8 @@ def _encode(value: object) -> object:
         return [_encode(item) for item in value]
     if isinstance(value, tuple):
         return {"$": "tuple", "v": [_encode(item) for item in value]}
+    if isinstance(value, deque):
+        return {"$": "deque", "v": [_encode(item) for item in value], "maxlen": value.maxlen}
     if isinstance(value, dict):
         return {"$": "dict", "v": [[_encode(k), _encode(v)] for k, v in value.items()]}
     cls = type(value)
@@ -904,6 +906,11 @@ def _decode(data: object) -> object:
         return float(value)
     if tag == "tuple":
         return tuple(_decode(item) for item in value)
+    if tag == "deque":
+        maxlen = data["maxlen"]
+        if maxlen is not None and (not isinstance(maxlen, int) or isinstance(maxlen, bool)):
+            raise ValueError(f"not a deque's length: {maxlen!r}")
+        return deque((_decode(item) for item in value), maxlen=maxlen)
     if tag == "dict":
         return {_decode(k): _decode(v) for k, v in value}
     if tag in _ENUMS:

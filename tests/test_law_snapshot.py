@@ -9,6 +9,7 @@ import heapq
 import json
 import math
 import random
+from collections import deque
 from typing import Any
 
 import attrs
@@ -119,6 +120,8 @@ def state(value: object) -> object:
     """A law's state as nested tuples, read directly (not through the snapshot code)."""
     if isinstance(value, list | tuple):
         return (type(value).__name__, [state(v) for v in value])
+    if isinstance(value, deque):
+        return ("deque", value.maxlen, [state(v) for v in value])
     if isinstance(value, dict):
         return ("dict", sorted((repr(k), state(v)) for k, v in value.items()))
     cls = type(value)
@@ -207,6 +210,7 @@ def test_a_snapshot_holds_only_the_laws_own_types() -> None:
         variant(phase={"$": "Phase", "v": "bogus"}),
         variant(hold={"$": "RetryBudget", "v": {}}),
         variant(_noise={"$": "dict", "v": [[[1], 0.0]]}),
+        variant(_oks={"$": "deque", "v": [], "maxlen": "all"}),
         variant(unknown=1),
         {"$": "Law", "v": {k: v for k, v in good["v"].items() if k != "cap"}},  # type: ignore[attr-defined]
         [1, 2],
