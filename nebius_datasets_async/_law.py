@@ -454,7 +454,7 @@ class Law:
         if self._contact_at is not None and at >= self._contact_at:
             self._contact[0] += 1
             self._contact[2] += 1
-            self._contacted(now)
+            self._contacted(now, at)
         if sent_at >= self._last_cut:
             self._round_answers += 1
             if self._pending is not None:
@@ -528,7 +528,7 @@ class Law:
             if at >= self._contact_at:
                 self._contact[0] += 1
                 self._contact[1] += 1
-                self._contacted(now)
+                self._contacted(now, at)
             return
         if self._reopening and sent_at >= self.hold.until:
             self._reopening = False  # the reopened window is spent: measure again
@@ -679,15 +679,16 @@ class Law:
             self._last_signal = now
             self._cut_rate(now)
 
-    def _contacted(self, now: float) -> None:
+    def _contacted(self, now: float, at: float) -> None:
         """First contact: once a round trip of answers came since the first refusal, the
         refused share tells a limit (the server's burst is spent: what it admits since is its
-        limit) from refusals at random (few, among many successes).
+        limit) from refusals at random (few, among many successes). ``at``: when the latest
+        of them was answered (a fleet reports answers late: they came over that span).
         """
         start = self._contact_at
         assert start is not None
         answers, refused, oks = self._contact
-        span = now - start
+        span = at - start
         if answers < CONTACT_ANSWERS or span < max(self.latency, 0.005):
             return
         self._contact_at = None
