@@ -219,3 +219,18 @@ def test_a_snapshot_holds_only_the_laws_own_types() -> None:
     for data in bad:
         with pytest.raises(ValueError, match="not a snapshot of the law"):
             Law.restore(data)
+
+
+def test_a_transition_reported_late_acts_when_it_arrives() -> None:
+    """A fleet's law gets events in the order processes report them: its clock never runs
+    backwards (a late hold starts when it arrives), while an answer's latency and its place
+    in a first contact are its own.
+    """
+    law = new_law()
+    law.answered(10.0, 9.98)
+    law.hold_all(9.0, 1.0)  # reported a second late
+    assert law.wait_for_hold(10.0) == pytest.approx(1.0)
+    law.answered(9.5, 9.47)  # reported late too: its latency is 30 ms, not 530
+    assert law.latency == pytest.approx(0.02 + 0.1 * (0.03 - 0.02))
+    assert law.pace(5.0) is None  # a read at an earlier time reads now
+    assert law.wait_for_hold(5.0) == pytest.approx(1.0)
