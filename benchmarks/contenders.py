@@ -154,6 +154,9 @@ async def ours_redis(cfg: dict[str, Any]) -> Result:
         "failed": report.failed + report.skipped,
         "requests": report.requests,
         "redis_calls": flow.redis_calls,
+        # (the fleet's law in Redis: versions proposed, and lost to another's compare-and-set)
+        "proposals": getattr(flow, "proposals", 0),
+        "conflicts": getattr(flow, "conflicts", 0),
         "ended_at": time.time(),
     }
 
@@ -261,6 +264,8 @@ async def fleet(cfg: dict[str, Any]) -> Result:
         "failed": sum(r["failed"] for r in results),
         "requests": sum(r["requests"] for r in results),
         "redis_calls": sum(r.get("redis_calls", 0) for r in results),
+        "proposals": sum(r.get("proposals", 0) for r in results),
+        "conflicts": sum(r.get("conflicts", 0) for r in results),
         "child_cpu": sum(r["cpu"] for r in results),
     }
 

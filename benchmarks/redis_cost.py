@@ -4,15 +4,17 @@ calls per second one Redis serves, for docs/SCALING.md.
     .venv/bin/python benchmarks/redis_cost.py [--calls 50000] [--clients 8]
 
 Starts its own redis-server on 127.0.0.1 (as the tests do), drives RedisFlowControl's
-admission script from several connections at once with signals like a busy fleet's (successes
-every call, a throttle now and then, four slots wanted a call), and reads Redis's own ``INFO
-commandstats``.
+script from several connections at once like a busy fleet's calls (four slots wanted a call;
+every third call also proposes a new version of the law, a snapshot of a law in its measuring
+phase, and half of those lose the compare-and-set and get the stored snapshot back), and reads
+Redis's own ``INFO commandstats``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from nebius_datasets_async._law import Law, Refusal  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 
@@ -29,20 +32,28 @@ async def drive(url: str, calls: int, clients: int) -> dict[str, float]:
     from nebius_datasets_async import redis as shared
 
     conns = [redis.Redis.from_url(url) for _ in range(clients)]
-    scripts = [c.register_script(shared._ADMIT) for c in conns]
-    keys = ["nebius-datasets:{bench}:state", "nebius-datasets:{bench}:ok"]
+    scripts = [c.register_script(shared._STATE) for c in conns]
+    keys = ["nebius-datasets:{bench}:law"]
     per = calls // clients
+    law = Law(max_concurrency=64, now=time.time())
+    for k in range(40):  # a law measuring a limit: a trial, a hold, counters
+        law.answered(time.time(), time.time() - 0.02)
+        if k % 4 == 0:
+            law.refused(time.time(), time.time() - 0.02, Refusal.THROTTLE, None)
+    snapshot = json.dumps(law.snapshot(), separators=(",", ":"))
+    versions = [0]
 
     async def one(k: int) -> None:
         script = scripts[k]
         for i in range(per):
-            throttle = 0 if i % 100 == 0 else -1
-            # oks, spent, throttle epoch, Retry-After, pause, throttles, quota left, reset,
-            # in flight, latency, ttl ms, budget, probe, least rate, first rate, slots wanted,
-            # horizon, headroom: a busy fleet's call booking a batch of four
-            args = [4, 0, throttle, -1, 0, int(throttle == 0), -1, -1, 4, 0.02, 600000, 500,
-                    0.01, 0.5, 200, 4, 0.05, 0.95]  # fmt: skip
-            await script(keys=keys, args=args)
+            propose = i % 3 == 0
+            base = versions[0] - (i % 2) if propose else -1  # half of them stale
+            # base version, snapshot, pace, hold, proposal id, version held, slots wanted,
+            # horizon, budget spent, tokens given back, capacity, TTL ms
+            args = [base, snapshot if propose else "", 200.0, 0.0, f"{k}:{i}", versions[0] - 1,
+                    4, 0.05, 0, 4, 500, 600000]  # fmt: skip
+            reply = await script(keys=keys, args=args)
+            versions[0] = int(reply[1])
 
     await conns[0].config_resetstat()
     started = time.perf_counter()

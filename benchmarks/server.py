@@ -33,6 +33,7 @@ async def serve(config: dict[str, object]) -> None:
         record_requests=False,
     )
     await fake.start()
+    burst = asyncio.ensure_future(first_burst(fake, float(faults.latency)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -43,6 +44,7 @@ async def serve(config: dict[str, object]) -> None:
     hello = {"base_url": fake.base_url, "api_key": fake.api_key, "started": started}
     print(json.dumps(hello), flush=True)
     await stop.wait()
+    burst.cancel()
     stats = fake.stats
     print(
         json.dumps(
@@ -51,6 +53,7 @@ async def serve(config: dict[str, object]) -> None:
                 "statuses": {str(k): v for k, v in stats.statuses.items()},
                 "max_in_flight": stats.max_in_flight,
                 "resets": stats.resets,
+                "first_burst": burst.result() if burst.done() and not burst.cancelled() else None,
             }
         ),
         flush=True,
@@ -60,6 +63,19 @@ async def serve(config: dict[str, object]) -> None:
 
 def _change_faults(fake: FakeDatasetsServer, change: dict[str, Any]) -> None:
     fake.faults = attrs.evolve(fake.faults, **change)
+
+
+async def first_burst(fake: FakeDatasetsServer, latency: float) -> dict[str, int]:
+    """The first burst: the requests that arrived before the first 429 was answered (their
+    senders could not know of it), and the 429s among them (answered a latency later). Issue
+    16 counts refusals beyond it.
+    """
+    stats = fake.stats
+    while not stats.statuses[429]:  # noqa: ASYNC110 (the fake has no event for it)
+        await asyncio.sleep(0.001)
+    requests = stats.requests
+    await asyncio.sleep(latency)
+    return {"requests": requests, "429": stats.statuses[429]}
 
 
 def serve_uvicorn(config: dict[str, Any]) -> None:

@@ -226,10 +226,14 @@ class _Trial:
     pace), and what it did for them is undone.
     """
 
-    __slots__ = ("before", "flags", "kind", "paces")
+    __slots__ = ("before", "began", "flags", "kind", "paces")
 
-    def __init__(self, kind: Refusal, before: tuple[float | None, float, Phase, bool]) -> None:
+    def __init__(
+        self, kind: Refusal, before: tuple[float | None, float, Phase, bool], began: float
+    ) -> None:
         self.kind = kind
+        #: the law's clock when it began: answers from before it (reported late) do not count
+        self.began = began
         #: what the law did before (pace, cap, phase, slow start), to restore
         self.before = before
         #: whether each answer since was refused this way, and the pace (or cap) then
@@ -292,6 +296,7 @@ class Law:
         # MEASURING: since when refusals go on, and the successes since
         self._episode_start = now
         self._episode_oks = 0
+        self._episode_began = now  # the law's clock when the successes began to count
         self._episode_refused = 0  # refusals of requests sent since it began
         self._last_refusal = -math.inf
         self._last_signal = -math.inf  # the last refusal that was not noise
@@ -326,11 +331,15 @@ class Law:
         self._round_answers = 0
         self._round_refused = 0
         self._pending: Refusal | None = None  # a refusal of this round waits for a verdict
+        # the latest time a transition saw: the law's clock never runs backwards (a fleet's
+        # events reach it in the order their processes report them, not quite in time order)
+        self._now = now
 
     # -- what the gate reads -----------------------------------------------------------------
 
     def pace(self, now: float) -> float | None:
         """The pace in force now, in requests per second (``None``: unpaced)."""
+        now = max(now, self._now)
         if self.phase is Phase.HEADERS:
             return self.quota.rate
         rate = self.rate
@@ -348,12 +357,45 @@ class Law:
         bound = HEADROOM * (self._episode_oks + 1) / (span * (1.0 - min(noise, 0.5)))
         return max(min(rate, bound), self.min_rate)
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """The law's whole state as plain JSON data (every attribute, whatever its type among
+        the law's own; an attribute of any other type raises ``TypeError``), for a fleet that
+        keeps one law in a shared store. ``Law.restore`` makes the same law again.
+        """
+        data = _encode(self)
+        assert isinstance(data, dict)
+        return data
+
+    @classmethod
+    def restore(cls, data: object) -> Law:
+        """The law a ``snapshot()`` holds. Raises ``ValueError`` for anything that is not one
+        (an unknown type or attribute, a missing attribute); it builds only the law's own
+        types, so stored data cannot make it run code.
+        """
+        try:
+            law = _decode(data)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a snapshot of the law: {exc}") from exc
+        if not isinstance(law, cls):
+            raise ValueError("not a snapshot of the law")
+        return law
+
+    @property
+    def judging(self) -> bool:
+        """First contact: the answers of the round trip after the first refusal decide
+        whether it met a limit (a fleet reports each of them at once).
+        """
+        return self._contact_at is not None
+
     def rate_cap(self) -> float:
         """The pace's ceiling, before the measuring bound (``inf``: none)."""
         return math.inf if self.rate is None else self.rate
 
     def wait_for_hold(self, now: float) -> float:
         """Seconds until everyone may send again (0: now)."""
+        now = max(now, self._now)
         wait = max(self.hold.until - now, 0.0)
         if self.quota.left is not None:
             wait = max(wait, self.quota.blocks(now))
@@ -386,23 +428,25 @@ class Law:
 
     def bound(self, now: float) -> None:
         """Pacing held a request back: the pace is what limits the flow (it may probe)."""
-        self._last_bound = now
+        self._last_bound = self._tick(now)
 
     def answered(self, now: float, sent_at: float) -> None:
         """A request was answered by a server that admitted it (a success, or an error that is
         the request's own).
         """
         self._measure_latency(now - sent_at)
+        at, now = now, self._tick(now)  # (``at``: when it was answered, if reported late)
         self._streak = 0
         self._last_ok = now
-        self._oks.append(now)
+        self._oks.append(at)
         self.hold.count = 0
         if sent_at >= self._window_from:
             self._window_answered += 1
             self._window_oks += 1
             if self._window_quota is not None and self._window_oks > self._window_quota:
                 self._window_quota = self._window_oks  # the window holds more than the last
-        self._episode_oks += 1
+        if at >= self._episode_began:
+            self._episode_oks += 1
         closed = now - self._blocked_since
         if self._probe_pace is not None and self.phase is Phase.MEASURING and closed > WINDOW:
             # A limit closed for seconds let one through: a window reopened with its whole
@@ -414,14 +458,14 @@ class Law:
             self._trials.pop(Refusal.THROTTLE, None)
         self._probe_pace = None
         for trial in list(self._trials.values()):
-            self._judge(trial, now, refused=False)
+            self._judge(trial, now, at, refused=False)
         busy = self._trials.get(Refusal.BUSY)
         if busy is not None and now - self._last_busy > max(1.0, 10.0 * self.latency):
             del self._trials[Refusal.BUSY]  # the cap cut ended them: a busy server's
-        if self._contact_at is not None and now >= self._contact_at:
+        if self._contact_at is not None and at >= self._contact_at:
             self._contact[0] += 1
             self._contact[2] += 1
-            self._contacted(now)
+            self._contacted(now, at)
         if sent_at >= self._last_cut:
             self._round_answers += 1
             if self._pending is not None:
@@ -434,6 +478,7 @@ class Law:
     def refused(self, now: float, sent_at: float, kind: Refusal, retry_after: float | None) -> None:
         """A request was refused: ``kind`` says how; ``retry_after`` is the server's wait."""
         self._measure_latency(now - sent_at)
+        at, now = now, self._tick(now)  # (``at``: when it was answered, if reported late)
         self._streak += 1
         self._retry_after = retry_after
         self.slow_start = False
@@ -443,7 +488,7 @@ class Law:
             self._episode_refused += 1
             self._last_refusal = now
         for trial in list(self._trials.values()):
-            self._judge(trial, now, refused=trial.kind is kind)
+            self._judge(trial, now, at, refused=trial.kind is kind)
         if sent_at >= self._window_from:
             self._window_answered += 1
         if retry_after is not None and retry_after > LONG_WAIT:
@@ -470,7 +515,7 @@ class Law:
                 self._last_signal = now
             elif self.phase is Phase.MEASURING:
                 self._episode_start = self.hold.until
-                self._episode_oks = 0
+                self._episode_oks, self._episode_began = 0, now
                 self._reopening = True
             if self._contact_at is not None and not self._contact_waited:
                 # first contact is judged by what comes after the wait (once)
@@ -494,14 +539,14 @@ class Law:
             self._last_signal = now
 
         if self._contact_at is not None and kind is Refusal.THROTTLE:
-            if now >= self._contact_at:
+            if at >= self._contact_at:
                 self._contact[0] += 1
                 self._contact[1] += 1
-                self._contacted(now)
+                self._contacted(now, at)
             return
         if self._reopening and sent_at >= self.hold.until:
             self._reopening = False  # the reopened window is spent: measure again
-            self._episode_start, self._episode_oks = now, 0
+            self._episode_start, self._episode_oks, self._episode_began = now, 0, now
         headers = self.phase is Phase.HEADERS and kind is Refusal.THROTTLE
         if sent_at < self._last_cut or headers:
             return  # the same signal as the last decision, or the headers say better
@@ -519,7 +564,8 @@ class Law:
         """
         if limits.remaining is None:
             return
-        self.quota.read(now, limits, in_flight)
+        self._tick(now)
+        self.quota.read(now, limits, in_flight)  # (its own time: a reset counts from it)
         if self.quota.active and self.phase is not Phase.HEADERS:
             self.phase = Phase.HEADERS
             self.hold = Hold()
@@ -529,9 +575,17 @@ class Law:
 
     def hold_all(self, now: float, seconds: float) -> None:
         """The server asked everyone to wait (a 503 with ``Retry-After``)."""
-        self._hold(now, seconds, "retry-after")
+        self._hold(self._tick(now), seconds, "retry-after")
 
     # -- the steps ---------------------------------------------------------------------------
+
+    def _tick(self, now: float) -> float:
+        """The time a transition acts at: ``now``, or the latest time seen if that is later
+        (an event that reaches the law late acts when it arrives; only its latency is its own).
+        """
+        if now > self._now:
+            self._now = now
+        return self._now
 
     def _measure_latency(self, sample: float) -> None:
         """Smooth the send-to-answer time (the first answer sets it)."""
@@ -565,7 +619,7 @@ class Law:
         self._after_block = False
         if self.phase is not Phase.MEASURING:
             self._episode_start = now
-            self._episode_oks = 0
+            self._episode_oks, self._episode_began = 0, self._now
             self._episode_refused = 0
             self._start_trial(Refusal.THROTTLE, pace)
             self.phase = Phase.MEASURING
@@ -573,13 +627,16 @@ class Law:
     def _start_trial(self, kind: Refusal, pace: float | None) -> None:
         if kind not in self._trials:
             before = (pace, self.cap, self.phase, self.slow_start)
-            self._trials[kind] = _Trial(kind, before)
+            self._trials[kind] = _Trial(kind, before, self._now)
 
-    def _judge(self, trial: _Trial, now: float, *, refused: bool) -> None:
+    def _judge(self, trial: _Trial, now: float, at: float, *, refused: bool) -> None:
         """Refusals that go on at the same share while the law slowed down are not the
         limit's (nor a busy server's): noise. Undo what they did, and from now on refusals at
-        about that share pass.
+        about that share pass. (An answer from before the trial began, reported late by a
+        fleet, says nothing of it.)
         """
+        if at < trial.began:
+            return
         measure = self.cap if trial.kind is Refusal.BUSY else (self.pace(now) or math.inf)
         share = trial.add(refused, measure)
         if share is None:
@@ -636,15 +693,16 @@ class Law:
             self._last_signal = now
             self._cut_rate(now)
 
-    def _contacted(self, now: float) -> None:
+    def _contacted(self, now: float, at: float) -> None:
         """First contact: once a round trip of answers came since the first refusal, the
         refused share tells a limit (the server's burst is spent: what it admits since is its
-        limit) from refusals at random (few, among many successes).
+        limit) from refusals at random (few, among many successes). ``at``: when the latest
+        of them was answered (a fleet reports answers late: they came over that span).
         """
         start = self._contact_at
         assert start is not None
         answers, refused, oks = self._contact
-        span = now - start
+        span = at - start
         if answers < CONTACT_ANSWERS or span < max(self.latency, 0.005):
             return
         self._contact_at = None
@@ -799,3 +857,85 @@ class Law:
             # past it with no refusal: the limit rose; probe ever faster
             speed = min(MAX_PROBE, self.probe * 2.0 ** ((now - self._beyond) / PROBE_DOUBLING))
         self.rate = rate * (1.0 + min(speed * min(dt, 1.0), PROBE_STEP))
+
+
+# -- snapshots: plain JSON data, tagged ("$") where JSON has no type of its own -----------------
+
+_ENUMS: dict[str, type[enum.Enum]] = {"Phase": Phase, "Refusal": Refusal}
+_CLASSES: dict[str, type] = {"Law": Law, "Hold": Hold, "QuotaReader": QuotaReader, "_Trial": _Trial}
+_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _names(cls: type) -> frozenset[str]:
+    """The attributes an instance of one of the law's classes has."""
+    names = _NAMES.get(cls)
+    if names is None:
+        if attrs.has(cls):
+            names = frozenset(f.name for f in attrs.fields(cls))
+        elif "__slots__" in vars(cls):
+            names = frozenset(vars(cls)["__slots__"])
+        else:
+            example = Law(max_concurrency=1) if cls is Law else cls()
+            names = frozenset(vars(example))
+        _NAMES[cls] = names
+    return names
+
+
+def _encode(value: object) -> object:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$": "float", "v": repr(value)}
+    if isinstance(value, enum.Enum):
+        return {"$": type(value).__name__, "v": value.value}
+    if isinstance(value, list):
+        return [_encode(item) for item in value]
+    if isinstance(value, tuple):
+        return {"$": "tuple", "v": [_encode(item) for item in value]}
+    if isinstance(value, deque):
+        return {"$": "deque", "v": [_encode(item) for item in value], "maxlen": value.maxlen}
+    if isinstance(value, dict):
+        return {"$": "dict", "v": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    cls = type(value)
+    name = cls.__name__
+    if _CLASSES.get(name) is not cls:
+        raise TypeError(f"a snapshot of the law cannot hold a {name}")
+    if hasattr(value, "__dict__"):
+        fields = vars(value)
+    else:
+        fields = {n: getattr(value, n) for n in _names(cls)}
+    return {"$": name, "v": {n: _encode(v) for n, v in fields.items()}}
+
+
+def _decode(data: object) -> object:
+    if isinstance(data, list):
+        return [_decode(item) for item in data]
+    if not isinstance(data, dict):
+        if data is None or isinstance(data, bool | int | float | str):
+            return data
+        raise TypeError(f"not JSON data: {type(data).__name__}")
+    tag, value = data["$"], data["v"]
+    if tag == "float":
+        if value not in ("inf", "-inf", "nan"):
+            raise ValueError(f"not a float: {value!r}")
+        return float(value)
+    if tag == "tuple":
+        return tuple(_decode(item) for item in value)
+    if tag == "deque":
+        maxlen = data["maxlen"]
+        if maxlen is not None and (not isinstance(maxlen, int) or isinstance(maxlen, bool)):
+            raise ValueError(f"not a deque's length: {maxlen!r}")
+        return deque((_decode(item) for item in value), maxlen=maxlen)
+    if tag == "dict":
+        return {_decode(k): _decode(v) for k, v in value}
+    if tag in _ENUMS:
+        return _ENUMS[tag](value)
+    cls = _CLASSES.get(tag)
+    if cls is None or not isinstance(value, dict):
+        raise ValueError(f"not a type of the law: {tag!r}")
+    if set(value) != _names(cls):
+        raise ValueError(f"{tag} has other attributes: {sorted(set(value) ^ _names(cls))}")
+    obj: object = object.__new__(cls)
+    for name, item in value.items():
+        object.__setattr__(obj, name, _decode(item))
+    return obj

@@ -8,23 +8,34 @@
     client = DatasetsClient(flow=RedisFlowControl("redis://localhost:6379/0"))
 
 Every client of the same API key and base URL that points at the same Redis shares one pace,
-one Retry-After pause, what the server's ``x-ratelimit-*`` headers said and one retry budget,
-so a fleet of workers on several machines is paced as one client (``docs/SCALING.md`` has the
-figures). The concurrency bound stays per process.
+one pause, what the server's ``x-ratelimit-*`` headers said and one retry budget, so a fleet
+of workers on several machines is paced as one client (``docs/redis.md``). The concurrency
+bound stays per process.
 
-How it works: the pace is a GCRA slot schedule kept in Redis and updated atomically by a Lua
-script. Each process has one booker: whenever requests of the process wait to be sent, one
-round trip books consecutive slots for all of them at once (at most one per request, far
-fewer under load), none more than 50 ms (or one round trip) ahead, so a cut of the pace
-reaches every process at once. Everything a process learns between two calls (successes,
-throttles, retry budget spent, the latest quota headers) travels with its next call, so no
-signal costs a round trip of its own, and a throttle makes the booker call at once. The
-script measures what the fleet as a whole got through, per 100 ms bucket, and sets the shared
-pace from it as ``FlowControl`` does for one process.
+How it works: the fleet follows the one law (``_law.Law``, ``docs/flow-control.md``), whose
+whole state Redis keeps as a JSON snapshot with a version number. Redis decides nothing; a
+small Lua script does only what must be atomic there:
+
+- **replace the law only if nobody changed it since it was read** (compare-and-set on the
+  version). Each process keeps the last snapshot it saw and the events it has not committed
+  yet (sends, answers, refusals, quota headers, holds; timestamped on the fleet's clock). About
+  every 100 ms (at once after a refusal or a hold) its next call applies them to its copy of
+  the law and proposes the result with the pace and the hold the law gives now; on a conflict
+  it loads the snapshot the script returns, applies its events again and proposes again at
+  once. Events are dropped only once committed, so none is lost or counted twice;
+- **book slots** at the stored pace, honouring the stored hold: each process has one booker;
+  whenever requests of the process wait, one call books consecutive slots for all of them, none
+  more than 50 ms (or one round trip) ahead, so a cut or a pause reaches every process within
+  that time;
+- **count** the retry budget.
+
+One clock for the fleet: Redis's ``TIME``, as each call returns it; each process keeps the
+offset to its own monotonic clock from its fastest recent call.
 
 Keys live under ``nebius-datasets:{<fingerprint>}:``, where the fingerprint is a hash of the
 base URL and the key (never the key itself); the braces make them one hash tag, so the design
-also runs on Redis Cluster. Every key expires ``ttl`` seconds after its last use.
+also runs on Redis Cluster. Every key expires ``ttl`` seconds after its last use. Redis holds
+only JSON data: restoring a snapshot builds the law's own types and nothing else.
 
 Redis is there for speed, never for correctness: when it is unreachable, slow (each operation
 has ``timeout`` seconds, 0.25 by default) or restarted, the process paces itself with its own
@@ -36,9 +47,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,8 +60,9 @@ from typing import Any
 import attrs
 
 from ._events import Events, PaceChanged
-from ._exceptions import APITimeoutError
+from ._exceptions import APITimeoutError, RateLimitError
 from ._flow import Failure, FlowControl, FlowState, Ticket, retry_cost
+from ._law import BUDGET_REFUND, MIN_RATE, PROBE, Law, Refusal
 from ._protocol import RateLimits
 from ._validate import check
 
@@ -65,240 +79,279 @@ __all__ = ["RedisFlowControl"]
 logger = logging.getLogger("nebius_datasets_async")
 
 _RETRY_REDIS = 1.0  # seconds before trying Redis again after it failed
-_MIN_RATE = 0.5  # requests per second: the slowest shared pace
-_START_RATE = 200.0  # requests per second: the fleet's first pace, doubled while it binds
 _HORIZON = 0.05  # seconds: slots are booked at most this far ahead (or one latency)
-_HEADROOM = 0.95  # the shared pace, as a share of the rate measured while throttled
-_SPACING = 0.002  # seconds between two admission calls of one process, at least
+_SPACING = 0.002  # seconds between two calls of one process, at least
+_PROPOSE_EVERY = 0.1  # seconds: a process's events wait at most this long to be proposed ...
+_PROPOSE_SOONEST = 0.02  # ... and at least this long, unless a refusal or a hold must travel
+_PACE_MOVED = 0.03  # ... or the law's pace moved by this share since the one stored
+_CAS_TRIES = 3  # proposals in a row after conflicts, at most, before the next call
+_CLOCK_FRESH = 5.0  # seconds: the clock offset comes from the fastest call this recent
 
-# One round trip books slots for every request of this process waiting at that moment.
-# KEYS: the state hash; the history hash (per 100 ms bucket b: field b counts successes,
-# field "r" .. b throttles, as the fleet reported them). ARGV: successes since this process's
-# last call, budget tokens it spent, the epoch of a throttle it saw (-1: none), that
-# throttle's Retry-After (-1: none), 1 if the throttle asks everyone to pause, throttles since
-# its last call, quota headers (remaining, reset; -1: none), its requests in flight (quota
-# headers count them as spent), its answer latency (s), the key TTL in ms, the budget's
-# capacity, the probe speed, the least rate, the first rate, the slots wanted, how far ahead
-# they may be booked (s), the headroom under the measured rate.
-# Returns: {seconds to the first slot booked, seconds between slots, slots booked, epoch,
-# budget left, rate, seconds before asking again (0: every slot wanted was booked)}.
-#
-# The maths follows FlowControl's (see its module): a GCRA slot schedule at a rate measured
-# from what the fleet got through while the server throttled it. The fleet's first pace
-# (ARGV[15]) doubles every few round trips while it holds requests back, so the fleet ramps
-# up together instead of each process sending its own first volley; first contact halves
-# what got through and searches again, up to 80% of that first measure (met soon after the
-# start: it counts the burst) or on past it, slower (met after a long ramp: it averages the
-# ramp); later throttles set the pace to ``headroom`` times what got through, which then
-# holds for five quiet seconds before it probes upward. Slots are booked at most ``horizon``
-# ahead, so a cut reaches every process within that time.
-_ADMIT = """
-local state, hist = KEYS[1], KEYS[2]
-local oks, spent = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t_epoch, t_after, t_pause = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local t_count = tonumber(ARGV[6])
-local h_left, h_reset = tonumber(ARGV[7]), tonumber(ARGV[8])
-if h_left >= 0 then h_left = math.max(h_left - tonumber(ARGV[9]), 0) end
-local latency, ttl, capacity = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-local probe, min_rate, start_rate = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local want, horizon, headroom = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+# The fleet's state is one hash: ``version``, ``law`` (the law's JSON snapshot), ``by`` (the
+# proposal that wrote it), ``pace`` (requests/s, 0: unpaced) and ``hold`` (nothing leaves
+# before it) as the law gave them, ``tat`` (the slot schedule), ``budget``. Times are Redis's.
+# ARGV: [1] the version a proposal is based on (-1: none), [2] its snapshot, [3] its pace,
+# [4] its hold, [5] its id, [6] the version the caller holds, [7] slots wanted, [8] how far
+# ahead they may be booked (s), [9] budget tokens spent, [10] tokens given back, [11] the
+# budget's capacity, [12] the TTL in ms.
+# Returns {time, version, committed (1/0), first slot, seconds between slots, slots booked,
+# hold, pace, budget, the snapshot and its writer ('' unless the caller's version is stale)}.
+_STATE = """
+local key = KEYS[1]
+local base, known = tonumber(ARGV[1]), tonumber(ARGV[6])
+local want, horizon, capacity = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[11])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local f = redis.call('HMGET', state, 'rate', 'tat', 'hold', 'epoch', 'paced', 'growth',
-  'throttle', 'hrate', 'huntil', 'budget', 'lastok', 'streak', 'cut', 'peak', 'peakat',
-  'search', 'first', 'target')
-local rate, tat, hold = tonumber(f[1]) or start_rate, tonumber(f[2]) or 0, tonumber(f[3]) or 0
-local epoch, paced, growth = tonumber(f[4]) or 0, tonumber(f[5]) or 0, tonumber(f[6]) or now
-local last_throttle, hrate, huntil = tonumber(f[7]) or 0, tonumber(f[8]) or 0, tonumber(f[9]) or 0
-local budget = tonumber(f[10]) or capacity
-local lastok, streak = tonumber(f[11]) or 0, tonumber(f[12]) or 0
-local lastcut, peak, peakat = tonumber(f[13]) or 0, tonumber(f[14]) or 0, tonumber(f[15]) or now
-local search, first = tonumber(f[16]) or 1, tonumber(f[17]) or 0
-local target = tonumber(f[18]) or 0
-
-local bucket = math.floor(now * 10)
-if oks > 0 then
-  redis.call('HINCRBY', hist, bucket, oks)
-  if first == 0 then first = now end
-  lastok = now
-  streak = 0
-  budget = math.min(capacity, budget + oks)
+local f = redis.call('HMGET', key, 'version', 'pace', 'hold', 'tat', 'budget')
+local version = tonumber(f[1]) or 0
+local pace, hold = tonumber(f[2]) or 0, tonumber(f[3]) or 0
+local tat, budget = tonumber(f[4]) or 0, tonumber(f[5]) or capacity
+local committed = 0
+if base >= 0 and base == version then
+  version = version + 1
+  pace, hold = tonumber(ARGV[3]), tonumber(ARGV[4])
+  redis.call('HSET', key, 'version', version, 'law', ARGV[2], 'pace', ARGV[3],
+    'hold', ARGV[4], 'by', ARGV[5])
+  committed = 1
 end
-if t_count > 0 then redis.call('HINCRBY', hist, 'r' .. bucket, t_count) end
-budget = math.max(0, budget - spent)
-
--- successes and throttles the fleet reported over the last `span` seconds, and the time
--- they cover (whole buckets, never before the fleet's first success)
-local function window(span)
-  local from = math.floor((now - span) * 10)
-  local fields = {}
-  for b = from, bucket do
-    fields[#fields + 1] = b
-    fields[#fields + 1] = 'r' .. b
-  end
-  local got, refused = 0, 0
-  local values = redis.call('HMGET', hist, unpack(fields))
-  for i = 1, #values, 2 do
-    got = got + (tonumber(values[i]) or 0)
-    refused = refused + (tonumber(values[i + 1]) or 0)
-  end
-  local since = from / 10
-  if first > 0 then since = math.max(since, first - latency) end
-  return got, refused, math.max(now - since, 0.02)
-end
-
--- the best admitted rate, halving every minute: the pace never falls below half of it
-if oks > 0 then
-  local got, _, covered = window(0.5)
-  peak = math.max(peak * 0.5 ^ ((now - peakat) / 60), got / math.max(covered, 0.5))
-  peakat = now
-end
-
-if h_left >= 0 then
-  if h_reset > 0 then
-    if h_left <= 0 then huntil = now + h_reset; hrate = 0
-    else hrate = math.max(h_left / h_reset, min_rate); huntil = 0 end
-  elseif h_left <= 0 then huntil = now + 1 end
-end
-
-if t_epoch >= 0 then
-  last_throttle = now
-  streak = streak + t_count
-  local blocked = streak >= 5 and now - lastok >= 0.1 and hrate == 0
-  -- measure over a few round trips and at least 16 successes' worth of time, once a few
-  -- round trips and 8 successes' worth of time have passed since the last cut
-  local span = math.min(math.max(0.5, 3 * latency, 32 / rate), 1)
-  local gap = math.max(0.1, 3 * latency, 8 / rate)
-  if t_after >= 0 and (t_pause == 1 or blocked) then
-    hold = math.max(hold, now + t_after)
-  elseif t_epoch == epoch and hrate == 0 and now - lastcut >= gap then
-    local got1, refused1 = window(1)
-    -- a few throttles among many successes: refused at random, not saturated
-    if search == 1 or epoch < 2 or not (got1 >= 50 and refused1 < 0.02 * got1) then
-      local new_rate
-      if epoch == 0 then
-        span = 1  -- first contact: whatever got through lately
-      elseif search == 1 then
-        span = math.min(math.max(0.2, 3 * latency, 16 / rate), 1)  -- the end of the ramp
-      end
-      local got, _, covered = window(span)
-      if got < 8 then
-        new_rate = 0.5 * rate
-      else
-        local measured = got / covered
-        if epoch == 0 then
-          -- First contact: halve, then search back up to near this measure and hold
-          -- there. When the limit was met soon after the start, the server's burst
-          -- inflates the measure; when the fleet ramped up for a while first, the ramp
-          -- deflates it: search on past it then, five times slower.
-          new_rate = 0.5 * math.min(measured, rate)
-          target = measured
-          if now - first > 0.5 then target = -measured end
-        else
-          -- one cut takes at most 90% off; while searching, the limit likely lies above
-          -- half the pace that met it, unless the measurement says less
-          local least = 0.1 * rate
-          if search == 1 then least = math.min(0.5 * rate, measured) end
-          new_rate = math.max(math.min(headroom * measured, rate), least)
-        end
-      end
-      search = 0
-      if epoch == 0 then search = 1 end
-      rate = math.max(new_rate, 0.5 * peak, min_rate)
-      epoch = epoch + 1
-      lastcut = now
-      growth = now
-      tat = now  -- slots are booked at most `horizon` ahead: the new pace holds at once
+budget = math.max(0, math.min(capacity, budget + tonumber(ARGV[10])) - tonumber(ARGV[9]))
+local first, interval, booked = now, 0, 0
+if now >= hold and want > 0 then
+  if pace <= 0 then
+    booked = want
+  else
+    interval = 1 / pace
+    first = math.max(tat, now - interval)
+    if first - now <= horizon then
+      booked = math.min(want, math.floor((now + horizon - first) / interval) + 1)
     end
+    tat = first + booked * interval
   end
 end
-
-local lead, interval, booked, retry = 0, 0, 0, 0
-local pace = rate
-if hrate > 0 then pace = hrate end
-local until_ = math.max(hold, huntil)
-if now < until_ then
-  retry = until_ - now
-else
-  if hrate == 0 and now - paced < 1 then
-    -- the pace holds requests back: search (double every few round trips) or probe upward
-    local dt = math.min(now - growth, 1)
-    local quiet = math.max(now - math.max(last_throttle, hold), 0)
-    if dt > 0 then
-      if search == 1 then
-        local step = math.max(0.3, 2 * latency)  -- the fleet's first ramp: x2 in 0.3 s
-        if epoch > 0 then step = math.max(0.2, 2 * latency, 8 / rate) end
-        if target < 0 and rate >= -target then step = 5 * step end
-        rate = math.min(rate * 2 ^ (dt / step), 1e6)
-        if target > 0 and rate >= 0.8 * target then
-          -- back near what first contact measured (which counts the burst too): hold
-          -- there, probe later
-          rate = 0.8 * target
-          search = 0
-        end
-      else
-        -- the measured rate holds for five quiet seconds, then probes upward ever faster
-        -- (the limit rose, others left, or the measurement was low)
-        if quiet > 5 then rate = rate * (1 + math.min(0.5, probe * 2 ^ (quiet - 5)) * dt) end
-      end
-      pace = rate
-    end
-  end
-  growth = now
-  -- book up to `want` consecutive slots, none more than `horizon` seconds ahead
-  interval = 1 / pace
-  local slot = math.max(tat, now - interval)
-  if slot - now <= horizon then
-    booked = math.min(want, math.floor((now + horizon - slot) / interval) + 1)
-  end
-  lead = slot - now
-  tat = slot + booked * interval
-  if tat - interval > now then paced = now end
-  if booked < want then retry = math.max(tat - now - horizon, 0.001) end
+local function n(x) return string.format('%.17g', x) end
+redis.call('HSET', key, 'tat', n(tat), 'budget', n(budget))
+redis.call('PEXPIRE', key, ARGV[12])
+local law, by = '', ''
+if committed == 0 and known ~= version then
+  local g = redis.call('HMGET', key, 'law', 'by')
+  law, by = g[1] or '', g[2] or ''
 end
-
-redis.call('HSET', state, 'rate', rate, 'tat', tat, 'hold', hold, 'epoch', epoch,
-  'paced', paced, 'growth', growth, 'throttle', last_throttle, 'hrate', hrate,
-  'huntil', huntil, 'budget', budget, 'lastok', lastok, 'streak', streak, 'cut', lastcut,
-  'peak', peak, 'peakat', peakat, 'search', search, 'first', first,
-  'target', target)
--- the history needs two seconds: forget older buckets (rarely: a sparse user skips some)
-if redis.call('HLEN', hist) > 64 then
-  for _, field in ipairs(redis.call('HKEYS', hist)) do
-    local b = tonumber(field) or tonumber(string.sub(field, 2))
-    if b < bucket - 20 then redis.call('HDEL', hist, field) end
-  end
-end
-redis.call('PEXPIRE', state, ttl)
-redis.call('PEXPIRE', hist, ttl)
-return {tostring(lead), tostring(interval), booked, epoch, tostring(budget), tostring(rate),
-  tostring(retry)}
+return {n(now), version, committed, n(first), n(interval), booked, n(hold), n(pace), n(budget),
+  law, by}
 """
 
+#: An event for the fleet's law: the transition and its arguments (times on the fleet's clock),
+#: exactly the calls ``FlowControl`` makes on its own law.
+_Event = tuple[Callable[..., None], tuple[Any, ...]]
 
-@attrs.define
-class _Pending:
-    """What this process learnt since its last admission, sent with the next one."""
 
-    oks: int = 0
-    spent: float = 0.0
-    throttle_epoch: int = -1
-    retry_after: float = -1.0
-    pause: bool = False
-    throttles: int = 0
-    limits: RateLimits | None = None
+@attrs.frozen(kw_only=True)
+class _Proposal:
+    """A new version of the fleet's law: the snapshot, the pace and hold it gives now, and how
+    many of the pending events it holds.
+    """
 
-    def take(self) -> _Pending:
-        sent = attrs.evolve(self)
-        self.oks, self.spent, self.throttle_epoch, self.throttles = 0, 0.0, -1, 0
-        self.retry_after, self.pause, self.limits = -1.0, False, None
-        return sent
+    id: str
+    base: int
+    text: str
+    pace: float
+    hold: float
+    events: int
+    law: Law
+
+
+@attrs.frozen(kw_only=True)
+class _Reply:
+    """One call's answer, times on the fleet's (Redis's) clock."""
+
+    now: float
+    version: int
+    committed: bool
+    first: float
+    interval: float
+    booked: int
+    hold: float
+    pace: float
+    budget: float
+    law: str
+    by: str
+
+    @classmethod
+    def parse(cls, raw: list[Any]) -> _Reply:
+        def text(value: Any) -> str:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+        now, version, committed, first, interval, booked, hold, pace, budget, law, by = raw
+        return cls(
+            now=float(now), version=int(version), committed=bool(int(committed)),
+            first=float(first), interval=float(interval), booked=int(booked),
+            hold=float(hold), pace=float(pace), budget=float(budget), law=text(law), by=text(by),
+        )  # fmt: skip
+
+
+class _FleetLaw:
+    """This process's view of the fleet's law: the last version it saw in Redis, the events
+    it has not committed yet, and its own copy of the law with them applied (what the law
+    decides once they are committed). No I/O: the booker carries proposals and replies.
+    """
+
+    def __init__(self, make_law: Callable[[float], Law]) -> None:
+        self.version = 0  # the version last seen (0: nothing stored yet)
+        self._text = ""  # its snapshot ("": none)
+        self._make_law = make_law
+        self.events: list[_Event] = []
+        # that version with the first `_applied` events applied (None: restore on demand)
+        self._law: Law | None = None
+        self._applied = 0
+        self._urgent = 0  # the events up to here hold a refusal or a hold: propose at once
+        self._id = secrets.token_hex(4)
+        self._seq = 0
+        self._doubt: tuple[str, int] | None = None  # a proposal whose call failed: id, events
+        self._proposed_at = -math.inf
+        self.cuts = 0  # the law's cuts as last seen (a ticket's epoch)
+        self.proposals = 0
+        self.conflicts = 0
+        self.bad_snapshots = 0
+
+    def record(self, fn: Callable[..., None], *args: Any, urgent: bool = False) -> None:
+        self.events.append((fn, args))
+        if urgent:
+            self._urgent = len(self.events)
+
+    @property
+    def urgent(self) -> bool:
+        return self._urgent > 0
+
+    def due(self, now: float, at: float, pace: float, hold: float) -> bool:
+        """Whether the next call should propose: a refusal or a hold to tell, the law's pace
+        or hold (with this process's events) moved from the stored ``pace`` and ``hold``, or
+        events waiting for ``_PROPOSE_EVERY``. ``now``: the fleet's clock; ``at``: ours.
+        """
+        if not self.events:
+            return False
+        if self._urgent > 0 or at - self._proposed_at >= _PROPOSE_EVERY:
+            return True
+        law = self._current(now)
+        if law.judging:
+            return True  # a first contact: the fleet's answers of a round trip judge it
+        if at - self._proposed_at < _PROPOSE_SOONEST:
+            return False
+        wait = law.wait_for_hold(now)
+        new_hold = now + wait if wait > 0 else 0.0
+        new_pace = law.pace(now) or 0.0
+        if (new_hold > now or hold > now) and abs(new_hold - hold) > 0.001:
+            return True
+        return abs(new_pace - pace) > _PACE_MOVED * max(pace, new_pace)
+
+    def propose(self, now: float, at: float) -> _Proposal:
+        """The law seen with the pending events applied: its snapshot, and the pace and hold
+        it gives at ``now`` (the fleet's clock). ``at``: this process's clock.
+        """
+        law = self._current(now)
+        self._law = None  # proposed as it is: if it is not committed, restore the version seen
+        wait = law.wait_for_hold(now)  # (first: it may count a window's reset)
+        pace = law.pace(now)
+        self._seq += 1
+        self._proposed_at = at
+        self.proposals += 1
+        return _Proposal(
+            id=f"{self._id}:{self._seq}",
+            base=self.version,
+            text=json.dumps(law.snapshot(), separators=(",", ":")),
+            pace=pace or 0.0,
+            hold=now + wait if wait > 0 else 0.0,
+            events=len(self.events),
+            law=law,
+        )
+
+    def committed(self, proposal: _Proposal, version: int) -> None:
+        """The proposal is the fleet's law now: its events are done."""
+        self.version, self._text = version, proposal.text
+        self._law, self._applied = proposal.law, proposal.events
+        self.cuts = proposal.law.cuts
+        self._drop(proposal.events)
+
+    def seen(self, reply: _Reply) -> None:
+        """A reply that did not commit: a newer version (if any) replaces the one seen."""
+        if self._doubt is not None:
+            doubt, self._doubt = self._doubt, None
+            if reply.by == doubt[0]:
+                self._drop(doubt[1])  # the call that failed did commit them
+        if not reply.committed and reply.version != self.version:
+            self.version, self._text, self._law = reply.version, reply.law, None
+
+    def conflict(self) -> None:
+        self.conflicts += 1
+
+    def lost(self, proposal: _Proposal) -> None:
+        """The call carrying ``proposal`` failed: it may or may not have been committed."""
+        self._doubt = (proposal.id, proposal.events)
+
+    def _drop(self, count: int) -> None:
+        del self.events[:count]
+        self._urgent = max(0, self._urgent - count)
+        self._applied = max(0, self._applied - count)
+
+    def _current(self, now: float) -> Law:
+        """The version seen with every pending event applied."""
+        law = self._law
+        if law is None:
+            law, self._applied = self._restore(now), 0
+        events = self.events
+        try:
+            for fn, args in events[self._applied :]:
+                fn(law, *args)
+        except Exception:
+            if not self._text:
+                raise
+            self._bad_snapshot()  # stored data that restores but does not work: start afresh
+            self._text = ""
+            law = self._restore(now)
+            for fn, args in events:
+                fn(law, *args)
+        self._law, self._applied = law, len(events)
+        return law
+
+    def _restore(self, now: float) -> Law:
+        if self._text:
+            try:
+                law = Law.restore(json.loads(self._text))
+            except ValueError:
+                self._bad_snapshot()
+            else:
+                self.cuts = law.cuts
+                return law
+        return self._make_law(min([now, *(args[0] for _, args in self.events[:1])]))
+
+    def _bad_snapshot(self) -> None:
+        self.bad_snapshots += 1
+        if self.bad_snapshots == 1:
+            logger.warning(
+                "the fleet's law stored in Redis is not one this version reads: starting afresh"
+            )
+
+
+class _Waiter:
+    """A request of this process waiting for a slot in the fleet's schedule."""
+
+    __slots__ = ("deadline", "future", "max_wait", "skipped")
+
+    def __init__(
+        self,
+        future: asyncio.Future[tuple[float, bool] | None],
+        deadline: float | None,
+        max_wait: float | None,
+    ) -> None:
+        self.future = future
+        self.deadline = deadline
+        self.max_wait = max_wait
+        self.skipped = False  # a call booked none for it: the pace holds it back
 
 
 class RedisFlowControl:
-    """A flow control whose pace, pauses, learned rate, quota headers and retry budget are
-    shared through Redis by every client of the same key and base URL (see the module
-    docstring). Arguments:
+    """A flow control whose law (pace, pauses, quota headers) and retry budget are shared
+    through Redis by every client of the same key and base URL (see the module docstring).
+    Arguments:
 
     - ``url``: a Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS), or
     - ``client``: an existing ``redis.asyncio.Redis`` (used as is, never closed);
@@ -307,11 +360,13 @@ class RedisFlowControl:
     - ``timeout``: seconds for one Redis operation before falling back (default 0.25);
     - ``ttl``: seconds every key lives after its last use (default 600);
     - ``retry_budget``: the fleet's retry budget in tokens;
-    - ``probe``: how fast the shared pace probes upward after five seconds without a
-      throttle, as a share of itself per second (default 0.01, doubling every further second).
+    - ``probe``: how fast a binding pace first creeps up, as a share of itself per second
+      (the law's, ``FlowControl``'s default).
 
     It works in the event loop it is first used in (a ``redis.asyncio`` connection belongs to
     one loop); a process with several loops should give each its own client and flow.
+    ``redis_calls``, ``proposals`` and ``conflicts`` count this process's calls, proposed
+    versions of the law and proposals that lost a compare-and-set.
     """
 
     def __init__(
@@ -324,13 +379,15 @@ class RedisFlowControl:
         timeout: float = 0.25,
         ttl: float = 600.0,
         retry_budget: float = 500.0,
-        probe: float = 0.01,
+        probe: float = PROBE,
     ) -> None:
         check((url is None) != (client is None), "give a Redis url or a client, not both")
         check(isinstance(namespace, str) and namespace != "", "namespace must be a non-empty str")
         check(timeout > 0, f"timeout must be > 0: {timeout!r}")
         check(ttl >= 1, f"ttl must be at least 1 s: {ttl!r}")
-        self._local = FlowControl(max_concurrency=max_concurrency, retry_budget=retry_budget)
+        self._local = FlowControl(
+            max_concurrency=max_concurrency, retry_budget=retry_budget, probe=probe
+        )
         self._own_client = client is None
         if client is None:
             assert url is not None
@@ -338,17 +395,26 @@ class RedisFlowControl:
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
         self._redis = client
-        self._script = client.register_script(_ADMIT)
+        self._script = client.register_script(_STATE)
         self._namespace = namespace
         self._keys: list[str] | None = None
         self._ttl_ms = int(ttl * 1000)
         self._capacity = float(retry_budget)
-        self._probe = probe
-        self._pending = _Pending()
+
+        def make_law(now: float) -> Law:
+            return Law(max_concurrency=max_concurrency, min_rate=MIN_RATE, probe=probe, now=now)
+
+        self._fleet = _FleetLaw(make_law)
+        self._offset: float | None = None  # the fleet's clock minus time.monotonic()
+        self._rtt = math.inf  # the round trip the offset was measured over ...
+        self._rtt_at = -math.inf  # ... and when
+        self._spent = 0.0  # retry budget spent since the last call
+        self._refunds = 0.0  # ... and given back
         self._budget = self._capacity
         self._rate: float | None = None
+        self._stored = (0.0, 0.0)  # the pace and hold stored, as last read
         self._latency = 0.0
-        self._waiters: deque[asyncio.Future[tuple[float, int] | None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._booker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._down_until = -math.inf
@@ -366,12 +432,21 @@ class RedisFlowControl:
         """The most requests this process has in flight at once."""
         return self._local.max_concurrency
 
+    @property
+    def proposals(self) -> int:
+        """Versions of the fleet's law this process proposed."""
+        return self._fleet.proposals
+
+    @property
+    def conflicts(self) -> int:
+        """Proposals that found the law changed by another process (and were made again)."""
+        return self._fleet.conflicts
+
     def bind(self, identity: str) -> None:
         """Called by the client with a fingerprint of its base URL and key: the namespace of
         the shared state. The key itself is never seen here.
         """
-        prefix = f"{self._namespace}:{{{identity}}}:"
-        self._keys = [prefix + "state", prefix + "ok"]
+        self._keys = [f"{self._namespace}:{{{identity}}}:law"]
 
     @property
     def keys(self) -> list[str]:
@@ -408,16 +483,17 @@ class RedisFlowControl:
         self, deadline: float | None = None, *, max_wait: float | None = None
     ) -> Ticket:
         """A place here, then a slot in the fleet's shared schedule (or the local one while
-        Redis is unavailable).
+        Redis is unavailable). Raises ``RateLimitError`` at once when the fleet holds every
+        request longer than ``max_wait`` (or past ``deadline``).
         """
         if self._keys is None or time.monotonic() < self._down_until:
             return await self._local.admit(deadline, max_wait=max_wait)
         ticket = await self._local.admit(deadline, max_wait=max_wait, paced=False)
         placed = time.monotonic()
         try:
-            slot = await self._next_slot()
+            slot = await self._next_slot(deadline, max_wait)
             if slot is not None:
-                send_at, epoch = slot
+                send_at = slot[0]
                 wait = send_at - time.monotonic()
                 if wait > 0:
                     if deadline is not None and send_at > deadline:
@@ -430,58 +506,83 @@ class RedisFlowControl:
             self._local.cancel(ticket)
             return await self._local.admit(deadline, max_wait=max_wait)
         now = time.monotonic()  # sent now: latency excludes the wait
-        return Ticket(epoch, now, waited_place=ticket.waited_place, waited_slot=now - placed)
+        if self._offset is not None:
+            at = now + self._offset
+            if slot[1]:
+                self._fleet.record(Law.bound, at)
+            self._fleet.record(Law.sent, at)
+        waited = now - placed
+        return Ticket(self._fleet.cuts, now, waited_place=ticket.waited_place, waited_slot=waited)
 
-    async def _next_slot(self) -> tuple[float, int] | None:
-        """Queue for a slot booked by this process's booker: (monotonic send time, epoch), or
-        ``None`` when Redis just failed.
+    async def _next_slot(
+        self, deadline: float | None, max_wait: float | None
+    ) -> tuple[float, bool] | None:
+        """Queue for a slot booked by this process's booker: (monotonic send time, whether the
+        pace held it back), or ``None`` when Redis just failed.
         """
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[tuple[float, int] | None] = loop.create_future()
+        waiter = _Waiter(loop.create_future(), deadline, max_wait)
         self._waiters.append(waiter)
-        if self._booker is None:
-            self._booker = loop.create_task(self._book())
+        self._start_booker()
         try:
-            return await waiter
+            return await waiter.future
         except asyncio.CancelledError:
-            if not waiter.done():
-                waiter.cancel()  # the booker skips it
+            if not waiter.future.done():
+                waiter.future.cancel()  # the booker skips it
+            if all(w.future.done() for w in self._waiters):
+                self._wake.set()  # nobody waits: the booker may stop
             raise
 
+    def _start_booker(self) -> None:
+        if self._booker is None:
+            self._booker = asyncio.get_running_loop().create_task(self._book())
+
     async def _book(self) -> None:
-        """Book slots for the waiting requests, one Redis call per batch, until none waits.
-        Each call books only slots within the next ``_HORIZON`` seconds, so a cut of the pace
-        (or a pause) reaches every process within that time.
+        """Book slots for the waiting requests, one Redis call per batch, until none waits
+        and nothing urgent is left to tell. Each call books only slots within the next
+        ``_HORIZON`` seconds, so a cut of the pace (or a pause) reaches every process within
+        that time.
         """
         waiters = self._waiters
         try:
             while True:
-                while waiters and waiters[0].done():
+                while waiters and waiters[0].future.done():
                     waiters.popleft()
-                if not waiters:
+                if not waiters and not self._fleet.urgent:
                     return
-                reply = await self._call_script(sum(not w.done() for w in waiters))
+                want = sum(not w.future.done() for w in waiters)
+                reply = await self._call(want)
                 if reply is None:  # fell back: every waiter paces locally
                     while waiters:
                         waiter = waiters.popleft()
-                        if not waiter.done():
-                            waiter.set_result(None)
+                        if not waiter.future.done():
+                            waiter.future.set_result(None)
                     return
-                first, interval, booked, epoch, retry_in = reply
-                send_at = time.monotonic() + first
+                assert self._offset is not None
+                now = time.monotonic()
+                held = reply.hold - self._offset - now
+                if held > 0:
+                    self._fail_held(now, held)
+                send_at, booked = reply.first - self._offset, reply.booked
                 while booked > 0 and waiters:
                     waiter = waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_result((send_at, epoch))
-                        send_at += interval
+                    if not waiter.future.done():
+                        bound = waiter.skipped or reply.first > reply.now
+                        waiter.future.set_result((send_at, bound))
+                        send_at += reply.interval
                         booked -= 1
+                for waiter in waiters:
+                    waiter.skipped = True
                 # Requests that come meanwhile are booked together by the next call. When
-                # the schedule is full, ask again once there is room (each process at its
-                # own moment), or as soon as this process has a throttle to tell.
+                # the schedule is full (or held), ask again once there is room (each process
+                # at its own moment), or as soon as this process has a refusal to tell.
                 pause = _SPACING * random.uniform(1.0, 2.0)
-                if waiters and retry_in > 0:
+                if waiters and held > 0:  # ask as the hold ends
+                    pause += held
+                elif waiters and reply.booked < want:  # ask once half a horizon is free
                     horizon = max(_HORIZON, self._latency)
-                    pause += retry_in + horizon * random.uniform(0.25, 0.75)
+                    pause += max(send_at - now - horizon, 0.001)
+                    pause += horizon * random.uniform(0.25, 0.75)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), pause)
@@ -489,50 +590,90 @@ class RedisFlowControl:
             self._booker = None
             if waiters:  # cancelled: nobody books for them any more
                 for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+                    if not waiter.future.done():
+                        waiter.future.set_result(None)
                 waiters.clear()
 
-    async def _call_script(self, want: int) -> tuple[float, float, int, int, float] | None:
-        """One admission call booking up to ``want`` slots: (seconds to the first slot,
-        seconds between slots, slots booked, epoch, seconds before asking again), or ``None``
-        after falling back.
+    def _fail_held(self, now: float, held: float) -> None:
+        """The fleet holds everyone for ``held`` seconds: callers who cannot wait that long
+        fail now, saying when to retry (as ``FlowControl`` does).
+        """
+        for waiter in list(self._waiters):
+            too_long = waiter.max_wait is not None and held > waiter.max_wait + 1e-6
+            past = waiter.deadline is not None and now + held > waiter.deadline + 1e-6
+            if (too_long or past) and not waiter.future.done():
+                self._waiters.remove(waiter)
+                why = "longer than max_retry_after" if too_long else "past the call's deadline"
+                waiter.future.set_exception(
+                    RateLimitError(
+                        f"the fleet holds every request {held:.1f} s, {why}",
+                        status_code=429,
+                        detail=f"every request waits {held:.1f} s (shared)",
+                        retry_after=held,
+                    )
+                )
+
+    async def _call(self, want: int) -> _Reply | None:
+        """One call booking up to ``want`` slots and, when due, proposing the fleet's law
+        with this process's events (again at once, on the newer version, after a conflict):
+        the booking's reply, or ``None`` after falling back.
         """
         assert self._keys is not None
-        sent = self._pending.take()
-        limits = sent.limits
-        left = reset = -1.0
-        if limits is not None and limits.remaining is not None:
-            left = float(limits.remaining)
-            reset = limits.reset if limits.reset is not None else 0.0
-        args = [
-            sent.oks,
-            sent.spent,
-            sent.throttle_epoch,
-            sent.retry_after,
-            int(sent.pause),
-            sent.throttles,
-            left,
-            reset,
-            self._local.state().in_flight,
-            self._latency,
-            self._ttl_ms,
-            self._capacity,
-            self._probe,
-            _MIN_RATE,
-            _START_RATE,
-            want,
-            max(_HORIZON, self._latency),
-            _HEADROOM,
-        ]
-        try:
-            self.redis_calls += 1
-            reply = await self._script(keys=self._keys, args=args)
-        except (_RedisError, OSError, TimeoutError) as exc:
-            self._fall_back(exc, sent)
-            return None
-        first, interval, booked, epoch, budget, rate, retry_in = (float(x) for x in reply)
-        self._budget = budget
+        fleet = self._fleet
+        proposal = None
+        at = time.monotonic()
+        stored = self._stored
+        if self._offset is not None and fleet.due(at + self._offset, at, *stored):
+            proposal = fleet.propose(at + self._offset, at)
+        spent, refunds = self._spent, self._refunds
+        self._spent = self._refunds = 0.0
+        booking: _Reply | None = None
+        for _ in range(_CAS_TRIES):
+            args = [
+                proposal.base if proposal is not None else -1,
+                proposal.text if proposal is not None else "",
+                proposal.pace if proposal is not None else 0.0,
+                proposal.hold if proposal is not None else 0.0,
+                proposal.id if proposal is not None else "",
+                fleet.version,
+                want if booking is None else 0,
+                max(_HORIZON, self._latency),
+                spent,
+                refunds,
+                self._capacity,
+                self._ttl_ms,
+            ]
+            try:
+                self.redis_calls += 1
+                before = time.monotonic()
+                raw = await self._script(keys=self._keys, args=args)
+                after = time.monotonic()
+            except (_RedisError, OSError, TimeoutError) as exc:
+                if proposal is not None:
+                    fleet.lost(proposal)
+                self._spent += spent
+                self._refunds += refunds
+                self._fall_back(exc)
+                return None
+            spent = refunds = 0.0
+            reply = _Reply.parse(raw)
+            self._clock(before, after, reply.now)
+            booking = booking or reply
+            if proposal is not None and reply.committed:
+                fleet.committed(proposal, reply.version)
+                booking = attrs.evolve(booking, pace=reply.pace, hold=reply.hold)
+                break
+            fleet.seen(reply)
+            if proposal is None:
+                break
+            fleet.conflict()  # another process changed the law since: apply the events anew
+            at, offset = time.monotonic(), self._offset
+            assert offset is not None
+            proposal = fleet.propose(at + offset, at)
+        assert booking is not None
+        self._stored = (booking.pace, booking.hold)
+        self._budget = booking.budget
+        rate = booking.pace or None
         if self._events.active and _pace_moved(self._rate, rate):  # event: PaceChanged (shared)
             cap = self._local.state().concurrency
             self._events.emit(PaceChanged("shared", rate, self._rate, "shared", cap))
@@ -540,15 +681,20 @@ class RedisFlowControl:
         if self._warned:
             self._warned = False
             logger.info("Redis answers again: this process rejoined the shared flow control")
-        return max(first, 0.0), interval, int(booked), int(epoch), retry_in
+        return booking
 
-    def _fall_back(self, exc: BaseException, unsent: _Pending) -> None:
+    def _clock(self, before: float, after: float, redis_now: float) -> None:
+        """The fleet's clock is Redis's: keep its offset to ours from the fastest recent call
+        (Redis read its clock within that round trip).
+        """
+        rtt = after - before
+        if rtt <= self._rtt or after - self._rtt_at > _CLOCK_FRESH or self._offset is None:
+            self._offset = redis_now - (before + after) / 2
+            self._rtt, self._rtt_at = rtt, after
+
+    def _fall_back(self, exc: BaseException) -> None:
         self.fallbacks += 1
         self._down_until = time.monotonic() + _RETRY_REDIS
-        # what could not be sent is kept for the next try (throttles are one signal anyway)
-        self._pending.oks += unsent.oks
-        self._pending.spent += unsent.spent
-        self._pending.throttles += unsent.throttles
         if not self._warned:
             self._warned = True
             logger.warning(
@@ -558,31 +704,53 @@ class RedisFlowControl:
 
     # -- feedback ----------------------------------------------------------------------------
 
+    def _fleet_time(self, ticket: Ticket) -> tuple[float, float] | None:
+        """(now, the ticket's send time) on the fleet's clock, or ``None`` while this process
+        is not part of the fleet (Redis unavailable).
+        """
+        offset = self._offset
+        if offset is None or self._warned or self._keys is None:
+            return None
+        return time.monotonic() + offset, ticket.admitted_at + offset
+
     def on_answer(self, ticket: Ticket, limits: RateLimits) -> None:
-        """Count the answer for the fleet; free the place."""
-        self._pending.oks += 1
-        self._latency += 0.1 * (time.monotonic() - ticket.admitted_at - self._latency)
-        if limits.remaining is not None:
-            self._pending.limits = limits
+        """Tell the fleet's law (with the next proposal); free the place."""
+        times = self._fleet_time(ticket)
+        if times is not None:
+            now, sent_at = times
+            self._refunds += BUDGET_REFUND
+            self._latency += 0.1 * (now - sent_at - self._latency)
+            self._fleet.record(Law.answered, now, sent_at)
+            if limits.remaining is not None:
+                in_flight = self._local.state().in_flight - 1
+                self._fleet.record(Law.read_limits, now, limits, in_flight)
         self._local.on_answer(ticket, limits)
 
     def on_throttle(
         self, ticket: Ticket, retry_after: float | None, limits: RateLimits, *, pause: bool = False
     ) -> None:
-        """Tell the fleet (with the next admission); free the place."""
-        pending = self._pending
-        pending.throttles += 1
-        self._wake.set()
-        if pending.throttle_epoch < 0 or pause:
-            pending.throttle_epoch = ticket.epoch
-            pending.retry_after = -1.0 if retry_after is None else retry_after
-            pending.pause = pending.pause or pause
-        if limits.remaining is not None:
-            pending.limits = limits
+        """Tell the fleet's law at once (the booker calls now); free the place."""
+        times = self._fleet_time(ticket)
+        if times is not None:
+            now, sent_at = times
+            fleet = self._fleet
+            if limits.remaining is not None:
+                in_flight = self._local.state().in_flight - 1
+                fleet.record(Law.read_limits, now, limits, in_flight)
+            if pause and retry_after is not None:
+                fleet.record(Law.hold_all, now, retry_after)
+            fleet.record(Law.refused, now, sent_at, Refusal.THROTTLE, retry_after, urgent=True)
+            self._wake.set()
+            with contextlib.suppress(RuntimeError):  # (no running loop: the next admission)
+                self._start_booker()
         self._local.on_throttle(ticket, retry_after, limits, pause=pause)
 
     def on_failure(self, ticket: Ticket, failure: Failure) -> None:
-        """Free the place; an overload cuts this process's concurrency."""
+        """Free the place; an overload cuts this process's concurrency and tells the fleet."""
+        if failure is Failure.OVERLOAD:
+            times = self._fleet_time(ticket)
+            if times is not None:
+                self._fleet.record(Law.refused, *times, Refusal.BUSY, None)
         self._local.on_failure(ticket, failure)
 
     def cancel(self, ticket: Ticket) -> None:
@@ -598,9 +766,9 @@ class RedisFlowControl:
         if self._warned or self._keys is None:
             return self._local.retry_allowed(failure)
         cost = retry_cost(failure)
-        if self._budget - self._pending.spent < cost:
+        if self._budget - self._spent < cost:
             return False
-        self._pending.spent += cost
+        self._spent += cost
         return True
 
     def state(self) -> FlowState:

@@ -8,15 +8,21 @@ import asyncio
 import json
 import logging
 import os
+import pickle
+import random
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from nebius_datasets_async import DatasetUpdate
+from nebius_datasets_async import DatasetUpdate, RateLimits
 from nebius_datasets_async._cli import shard_of
+from nebius_datasets_async._flow import Failure
+from nebius_datasets_async._law import HEADROOM, Law, Phase
 from nebius_datasets_async.testing import FakeDatasetsServer, Faults
 
 from .redis_server import RedisServer, external_url
@@ -59,15 +65,42 @@ def env_for(fake: FakeDatasetsServer, **extra: str) -> dict[str, str]:
     return env
 
 
+class FirstBurst:
+    """Issue 16's measure of a run against the fake: the share of requests refused beyond the
+    first burst (the requests that reached the server before it answered its first 429: their
+    senders could not know of it). Watches the fake's counters from the test's loop.
+    """
+
+    def __init__(self, fake: FakeDatasetsServer) -> None:
+        self._fake = fake
+        self._counts: tuple[int, int] | None = None
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        stats = self._fake.stats
+        while not stats.statuses[429]:  # noqa: ASYNC110 (the fake has no event for it)
+            await asyncio.sleep(0.001)
+        requests = stats.requests
+        await asyncio.sleep(self._fake.faults.latency)  # (answered a latency later)
+        self._counts = (requests, stats.statuses[429])
+
+    def refused_later(self) -> float:
+        self._task.cancel()
+        stats = self._fake.stats
+        requests, refused = self._counts or (stats.requests, stats.statuses[429])
+        return (stats.statuses[429] - refused) / max(stats.requests - requests, 1)
+
+
 async def test_two_clients_share_one_pace_and_leave_no_trace_of_the_key(
     redis_url: str, redis: object
 ) -> None:
     """Two clients with their own RedisFlowControl (as two processes would) against one rate
-    limit: few 429s in total; every key has a TTL and one hash tag; no key or value holds the
-    API key.
+    limit: at most 5% of the requests beyond the first burst refused (issue 16's target);
+    every key has a TTL and one hash tag; no key or value holds the API key.
     """
     faults = Faults(rate_limit=200, burst=10, rate_limit_retry_after=1, latency=0.01)
     async with FakeDatasetsServer(datasets=1200, faults=faults, record_requests=False) as fake:
+        burst = FirstBurst(fake)
         ids = fake.dataset_ids
         flows = [RedisFlowControl(redis_url), RedisFlowControl(redis_url)]
         async with fake.client(flow=flows[0]) as one, fake.client(flow=flows[1]) as two:
@@ -78,8 +111,8 @@ async def test_two_clients_share_one_pace_and_leave_no_trace_of_the_key(
         for flow in flows:
             await flow.aclose()
         assert all(r.ok for r in reports)
-        # about 1% here (the fleet's first contact with the limit costs most of these)
-        assert fake.stats.statuses[429] / fake.stats.requests < 0.03, fake.stats
+        # 1-3% here, as one FlowControl shared by both clients gets (2.2%)
+        assert burst.refused_later() <= 0.05, fake.stats
         assert flows[0].keys == flows[1].keys
         # one Redis round trip books slots for every request waiting: about one per three here
         assert all(
@@ -143,20 +176,180 @@ async def test_cancelled_callers_free_their_places_and_the_booker_stops(
     assert fake.store[ids[99]]["name"] == "after"
 
 
-async def test_the_shared_history_forgets_old_buckets(redis_url: str, redis: object) -> None:
-    """A sparse user skips buckets; the history hash still keeps only the last two seconds."""
-    async with FakeDatasetsServer(datasets=1) as fake:
+async def test_a_stored_law_that_is_no_snapshot_is_never_run(
+    redis_url: str, redis: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis holds the fleet's law as plain JSON data: a stored value that is not a snapshot
+    of the law (a pickle, an unknown type) is never executed; the process warns once, starts
+    the law afresh over it, and every call succeeds.
+    """
+    caplog.set_level(logging.WARNING, logger="nebius_datasets_async")
+    async with FakeDatasetsServer(datasets=3) as fake:
         flow = RedisFlowControl(redis_url)
         async with fake.client(flow=flow) as client:
             await client.get_dataset(fake.dataset_ids[0])
-            history = flow.keys[1]
-            stale = {str(b): 1 for b in range(1000, 1070)} | {f"r{b}": 1 for b in range(1000, 1010)}
-            await redis.hset(history, mapping=stale)  # type: ignore[attr-defined]
-            await client.get_dataset(fake.dataset_ids[0])
+            key = flow.keys[0]
+            pickled = pickle.dumps(Law(max_concurrency=1))
+            for bad in (pickled, json.dumps({"$": "os.system", "v": "touch /tmp/pwned"})):
+                await redis.hset(key, mapping={"law": bad, "version": 40})  # type: ignore[attr-defined]
+                for dataset_id in fake.dataset_ids:
+                    await client.get_dataset(dataset_id)
+                    await asyncio.sleep(0.11)  # each answer is proposed with the next call
+                stored = await redis.hgetall(key)  # type: ignore[attr-defined]
+                assert int(stored[b"version"]) > 40
+                law = Law.restore(json.loads(stored[b"law"]))
+                assert law.phase is Phase.OPEN
         await flow.aclose()
-    fields = [f.decode() for f in await redis.hkeys(history)]  # type: ignore[attr-defined]
-    assert fields
-    assert all(int(f.removeprefix("r")) > 10**9 for f in fields), fields
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "the fleet's law stored in Redis is not one this version reads: starting afresh"
+    ]
+
+
+def fleet_of(redis_url: str, n: int) -> list[RedisFlowControl]:
+    """``n`` flows of one key, as ``n`` processes would have (bound as a client binds)."""
+    flows = [RedisFlowControl(redis_url) for _ in range(n)]
+    for flow in flows:
+        flow.bind("fleet-test")
+    return flows
+
+
+async def redis_clock(redis: Any) -> float:
+    """Redis's clock (the fleet's) minus ours."""
+    seconds, micros = await redis.time()
+    return float(seconds) + float(micros) / 1e6 - time.monotonic()
+
+
+async def stored(redis: Any, key: str, field: bytes, until: float = 5.0) -> float:
+    """Wait until the fleet's state holds a non-zero ``field``; return it."""
+    deadline = time.monotonic() + until
+    while time.monotonic() < deadline:
+        value = float((await redis.hget(key, field)) or 0)
+        if value > 0:
+            return value
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"{field!r} never stored")
+
+
+class Senders:
+    """Processes B and C of a fleet sending without pause (each request answered after
+    10 ms, two at a time each), recording when each request left.
+    """
+
+    def __init__(self, flows: list[RedisFlowControl]) -> None:
+        self.sent: list[float] = []
+        self._tasks = [asyncio.create_task(self._send(flow)) for flow in flows for _ in range(2)]
+
+    async def _send(self, flow: RedisFlowControl) -> None:
+        while True:
+            ticket = await flow.admit()
+            self.sent.append(time.monotonic())
+            await asyncio.sleep(0.01)
+            flow.on_answer(ticket, RateLimits())
+
+    def between(self, start: float, end: float) -> int:
+        return sum(start <= t < end for t in self.sent)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_quota_headers_one_process_reads_pace_every_process_within_a_horizon(
+    redis_url: str, redis: Any
+) -> None:
+    """Process A reads quota headers (20 a second, refilling; plenty left); from one
+    booking horizon (50 ms) after the law that A proposed is stored, B and C together send at
+    that pace, where they sent ten times faster before.
+    """
+    a, b, c = flows = fleet_of(redis_url, 3)
+    senders = Senders([b, c])
+    try:
+        await asyncio.sleep(0.5)
+        assert b.state().rate is None  # unpaced so far
+        for _ in range(2):  # two readings 0.15 s apart: a reset that stays put refills
+            ticket = await a.admit()
+            a.on_answer(ticket, RateLimits(remaining=1000, limit=20, reset=1.0))
+            await asyncio.sleep(0.15)
+        await a.admit()  # A's next call proposes the law with both readings
+        seen = time.monotonic()
+        pace = await stored(redis, a.keys[0], b"pace")
+        before = senders.between(seen - 0.6, seen - 0.1)
+        await asyncio.sleep(1.2)
+        after = senders.between(seen + 0.06, seen + 1.06)
+    finally:
+        await senders.stop()
+        for flow in flows:
+            await flow.aclose()
+    assert pace == pytest.approx(HEADROOM * 20 / 1.0)
+    assert before > 5 * pace * 0.5
+    assert pace - 2 <= after <= pace + 2  # (one slot of credit, one at each edge)
+    assert b.state().rate == c.state().rate == pace
+    assert b.state().pacing == "shared"
+
+
+async def test_a_long_retry_after_seen_by_one_process_holds_every_process(
+    redis_url: str, redis: Any
+) -> None:
+    """Process A is told to wait 1.5 s (a 429 with Retry-After): the refusal travels at once
+    and from one booking horizon after the hold is stored, B and C send nothing until it
+    ends, then go on.
+    """
+    a, b, c = flows = fleet_of(redis_url, 3)
+    senders = Senders([b, c])
+    try:
+        await asyncio.sleep(0.3)
+        ticket = await a.admit()
+        a.on_throttle(ticket, 1.5, RateLimits())
+        hold = await stored(redis, a.keys[0], b"hold")
+        seen = time.monotonic()
+        ends = hold - await redis_clock(redis)
+        await asyncio.sleep(ends - seen + 0.5)
+        held = senders.between(seen + 0.06, ends - 0.005)
+        resumed = senders.between(ends - 0.005, ends + 0.5)
+    finally:
+        await senders.stop()
+        for flow in flows:
+            await flow.aclose()
+    assert ends - seen == pytest.approx(1.5, abs=0.1)
+    assert held == 0
+    assert resumed > 10
+
+
+async def test_conflicting_proposals_lose_and_double_count_no_event(
+    redis_url: str, redis: Any
+) -> None:
+    """Three processes answer, fail and propose at once, so proposals conflict; each loser
+    applies its events to the newer law and proposes again. In the end the stored law has
+    counted every answer exactly once.
+    """
+    flows = fleet_of(redis_url, 3)
+    answers = 0
+
+    async def work(flow: RedisFlowControl, seed: int) -> None:
+        nonlocal answers
+        rng = random.Random(seed)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            ticket = await flow.admit()
+            await asyncio.sleep(rng.uniform(0, 0.006))
+            if rng.random() < 0.05:
+                flow.on_failure(ticket, Failure.OVERLOAD)
+            else:
+                flow.on_answer(ticket, RateLimits())
+            answers += 1
+
+    await asyncio.gather(*(work(f, 3 * k + w) for k, f in enumerate(flows) for w in range(3)))
+    await asyncio.sleep(0.15)
+    for flow in flows:  # one call each, in turn: what is left is proposed without contest
+        flow.cancel(await flow.admit())
+    law = Law.restore(json.loads(await redis.hget(flows[0].keys[0], "law")))
+    for flow in flows:
+        await flow.aclose()
+    assert sum(f.conflicts for f in flows) > 0
+    assert law._latency_samples == answers  # every answer and overload, once
+    assert law._episode_oks == answers - sum(f.state().overloads for f in flows)
 
 
 def test_shards_split_a_plan_stably() -> None:
@@ -241,8 +434,8 @@ async def test_arq_workers_apply_every_job_at_the_shared_pace(
     redis_url: str, redis: object
 ) -> None:
     """The README's arq recipe: 1,000 jobs, two worker processes in burst mode, one Redis for
-    the queue and the flow, the fake at 200 requests/s: every job succeeds, under 3% of
-    requests are answered 429, and every dataset ends as asked.
+    the queue and the flow, the fake at 200 requests/s: every job succeeds, at most 5% of the
+    requests beyond the first burst are answered 429, and every dataset ends as asked.
     """
     arq = pytest.importorskip("arq")
     from arq.connections import RedisSettings
@@ -252,6 +445,7 @@ async def test_arq_workers_apply_every_job_at_the_shared_pace(
     with FakeDatasetsServer(
         datasets=1000, faults=faults, record_requests=False
     ).in_thread() as fake:
+        burst = FirstBurst(fake)
         pool = await arq.create_pool(RedisSettings.from_dsn(redis_url))
         try:
             jobs = [
@@ -284,4 +478,5 @@ async def test_arq_workers_apply_every_job_at_the_shared_pace(
             await pool.aclose()
         assert [r["name"] for r in results] == [f"arq-{n}" for n in range(1000)]
         assert all(fake.store[i]["folder"] == "/arq" for i in fake.dataset_ids)
-        assert fake.stats.statuses[429] / fake.stats.requests < 0.03, fake.stats
+        print("REFUSED-LATER", burst.refused_later(), fake.stats.statuses)
+        assert burst.refused_later() <= 0.05, fake.stats
