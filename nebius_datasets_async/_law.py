@@ -174,9 +174,9 @@ class QuotaReader:
             self.left = self._least - max(in_flight, 0)
             self._unseen = max(in_flight, 0)
             self.reset_at = now + reset
-            # what remains, spread over the time to the reset (the window's quota is spent
-            # evenly, so requests in flight never overrun it at the boundary)
-            self.rate = max(self.left, 1.0) / reset if self._fixed > 0 else None
+            # what remains may leave at once: a fixed window's quota is spent as it opens
+            # (after a reset one request asks first what the new window holds)
+            self.rate = None
 
     def spend(self) -> None:
         if self.left is not None:
@@ -419,9 +419,13 @@ class Law:
         self.quota.spend()
         if now >= self._window_from:
             started = self._window_started
-            if started is None or now >= started + self._window_span:
-                # a new window (or the last one's span passed with no long wait to end it:
-                # it reset unseen, or was none): count afresh
+            if started is not None and 0.0 < self._window_span <= now - started:
+                # the last window's span passed with no long wait to end this one: it was
+                # no window (a one-off long wait), or it reset unseen; forget its count
+                self._window_quota, self._window_span = None, 0.0
+                started = None
+            if started is None:
+                # a new window: count afresh (it runs until a long wait ends it)
                 self._window_started = now
                 self._window_sent = self._window_answered = self._window_oks = 0
             self._window_sent += 1

@@ -245,6 +245,30 @@ def test_a_window_is_spent_as_far_as_the_last_one_held_then_one_at_a_time() -> N
     virtual(body)
 
 
+def test_a_first_window_whose_sends_and_answers_interleave_is_counted_whole() -> None:
+    """The first window (no span learned yet) counts every success until a long wait ends
+    it, however its sends and answers interleave: the next window then sends what it held
+    and no more (each send restarted the count, so a window was never learned and every
+    window after the first was met with a volley of refusals).
+    """
+
+    async def body() -> None:
+        flow = make()
+        await answer(flow, 6, spacing=0.5)  # one at a time: send, answer, send, ...
+        flow.on_throttle(await flow.admit(), 30.0, NONE)  # the window ends, for 30 s
+        started = now()
+        window = [await flow.admit() for _ in range(6)]
+        assert now() - started == pytest.approx(30.0)
+        seventh = asyncio.ensure_future(flow.admit())
+        await asyncio.sleep(1.0)
+        assert not seventh.done()  # the window's count is out: wait for the answers
+        for ticket in window:
+            flow.on_answer(ticket, NONE)
+        flow.on_answer(await seventh, NONE)
+
+    virtual(body)
+
+
 def test_a_window_learned_from_one_long_wait_ends_with_its_span() -> None:
     """A one-off long Retry-After (a 503 asking for 2 s, a gateway's 429) teaches a "window"
     of what got through before it; once that window's span has passed with no long wait to
@@ -533,6 +557,27 @@ def test_quota_headers_count_what_is_in_flight_now_not_when_last_read() -> None:
     assert quota.blocks(1.01) == 0.0
     quota.read(1.02, attrs.evolve(window, remaining=0), 0)
     assert quota.blocks(1.02) == pytest.approx(30.0)  # spent, nothing in flight: the reset
+
+
+def test_a_fixed_windows_quota_is_spent_as_it_opens() -> None:
+    """Once the reset is seen to count down (a fixed window), what remains leaves at once,
+    not spread over the time to the reset: 50 callers with 95 left are all sent now.
+    """
+
+    async def body() -> None:
+        flow = make(initial_concurrency=64)
+        for i in range(3):  # readings 10 s apart: the reset counts down with the clock
+            ticket = await flow.admit()
+            flow.on_answer(ticket, RateLimits(limit=100, remaining=99 - i, reset=60.0 - now()))
+            await asyncio.sleep(10.0)
+        assert flow.law.phase is Phase.HEADERS
+        started = now()
+        tickets = await asyncio.gather(*(flow.admit() for _ in range(50)))
+        assert now() - started < 0.01
+        for ticket in tickets:
+            flow.on_answer(ticket, RateLimits(limit=100, remaining=40, reset=60.0 - now()))
+
+    virtual(body)
 
 
 def test_the_reported_pace_is_the_pace_in_force() -> None:
