@@ -42,6 +42,8 @@ SEARCH_SENDS = 8  # ... and at least this many paced sends per doubling
 CONTACT_ANSWERS = 8  # first contact: answers (over a round trip at least) that judge it ...
 CONTACT_SHARE = 0.15  # ... a limit if this share of them was refused, else noise
 WINDOW = 2.0  # seconds closed: a window's, not a bucket's (which refills sooner)
+WINDOW_STEPS = 16  # a window guessed from a closure: ask whether it reopened every 1/16 span
+WINDOW_SOONER = 0.9  # ... and if it was open at the first ask, ask this much sooner next time
 CLOSED_SHARE = 0.8  # ... closed if this share was refused and at most one passed
 ROUND_ANSWERS = 3  # answers a round needs before it is judged (first contact: one)
 MEASURE_SUCCESSES = 4  # successes since refusals began that measure the limit
@@ -302,6 +304,7 @@ class Law:
         self._last_signal = -math.inf  # the last refusal that was not noise
         self._limit_seen = math.inf  # the pace at which the last rate signal came
         self._probe_pace: float | None = None  # blocked: one request a hold
+        self._probe_refused = -math.inf  # when the last refused probe was sent
         # first contact: answers received in the round trip after the first refusal
         self._contact_at: float | None = None
         self._contact = [0, 0, 0]  # answers, refused, successes
@@ -323,6 +326,7 @@ class Law:
         self._window_from = now  # when this window may open (the end of the last wait)
         self._window_started: float | None = None  # its first send
         self._window_sent = self._window_answered = self._window_oks = 0
+        self._window_guessed = False  # learned from a closure (no Retry-After): its span too
         self._noise: dict[Refusal, float] = {Refusal.THROTTLE: 0.0, Refusal.BUSY: 0.0}
         # what the law did for each kind of refusal, on trial until they stop (or prove noise)
         self._trials: dict[Refusal, _Trial] = {}
@@ -419,9 +423,10 @@ class Law:
         self.quota.spend()
         if now >= self._window_from:
             started = self._window_started
-            if started is not None and 0.0 < self._window_span <= now - started:
-                # the last window's span passed with no long wait to end this one: it was
-                # no window (a one-off long wait), or it reset unseen; forget its count
+            spent = started is not None and self.hold.set_at >= started
+            if started is not None and 0.0 < self._window_span <= now - started and not spent:
+                # the last window's span passed with no wait to end this one: it was no
+                # window (a one-off long wait), or it reset unseen; forget its count
                 self._window_quota, self._window_span = None, 0.0
                 started = None
             if started is None:
@@ -460,6 +465,7 @@ class Law:
             self.phase = Phase.SEARCHING
             self._after_block = True
             self._trials.pop(Refusal.THROTTLE, None)
+            self._window_reopened(sent_at)
         self._probe_pace = None
         for trial in list(self._trials.values()):
             self._judge(trial, now, at, refused=False)
@@ -525,12 +531,17 @@ class Law:
                 # first contact is judged by what comes after the wait (once)
                 self._contact_at, self._contact = self.hold.until, [0, 0, 0]
                 self._contact_waited = True
+        elif kind is Refusal.THROTTLE and self._window_spent(now, sent_at, retry_after):
+            pass  # a guessed window is spent: everyone waits for it to reopen
         elif kind is Refusal.THROTTLE and self._blocked(now, sent_at):
             # Refused again and again with no success: the limit is closed. Everyone waits
             # (the Retry-After, else a backoff doubling each time), then one request at a time
             # asks whether it opened.
             wait = retry_after if retry_after else FIRST_BACKOFF * 2.0 ** min(self.hold.count, 7)
             wait = min(wait, MAX_BACKOFF) if not retry_after else wait
+            if not retry_after and self._window_guessed:
+                # a guessed window's reopening is near: ask in small steps of its span
+                wait = min(wait, max(FIRST_BACKOFF, self._window_span / WINDOW_STEPS))
             self._hold(now, wait, "blocked")
             before = self.pace(now)  # (None: unpaced, as a noise verdict would restore)
             if self.phase is not Phase.MEASURING:
@@ -540,7 +551,13 @@ class Law:
             if self._probe_pace is None:
                 self._blocked_since = now
             self._probe_pace = 1.0 / max(wait, 1e-3)  # one request a hold, until one passes
+            self._probe_refused = sent_at
             self._last_signal = now
+            # decided: this refusal (and those of requests sent before it) is no round's to
+            # judge later (a probe's refusal left pending cut the pace once the limit opened)
+            self._pending = None
+            self._last_cut = now
+            self._round_answers = self._round_refused = 0
 
         if self._contact_at is not None and kind is Refusal.THROTTLE:
             if at >= self._contact_at:
@@ -600,12 +617,58 @@ class Law:
         self._latency_samples += 1
 
     def _blocked(self, now: float, sent_at: float) -> bool:
-        return (
-            self._streak >= BLOCKED_STREAK
-            and now - self._last_ok > max(2.0 * self.latency, BLOCKED_QUIET)
-            and sent_at >= self.hold.set_at
-            and self.phase is not Phase.HEADERS
+        if self.phase is Phase.HEADERS or sent_at < self.hold.set_at:
+            return False
+        if self._probe_pace is not None:
+            return True  # a probe of a closed limit: still closed
+        return self._streak >= BLOCKED_STREAK and now - self._last_ok > max(
+            2.0 * self.latency, BLOCKED_QUIET
         )
+
+    def _window_reopened(self, sent_at: float) -> None:
+        """A limit closed for seconds let a probe through (sent at ``sent_at``): a window
+        reopened. What got through since the last one opened is its quota; it opened between
+        the last refused probe and this one (the span is a guess: no Retry-After told it).
+        """
+        held, started = self._window_oks - 1, self._window_started
+        told = self._window_quota is not None and not self._window_guessed
+        if held >= 2 and started is not None and not told:
+            span = sent_at - started  # (at most: it opened before this one went)
+            if self._window_guessed and self._probe_refused < started:
+                # open at the first ask: it may have opened sooner; ask sooner next time
+                span *= WINDOW_SOONER
+            self._window_quota, self._window_guessed = held, True
+            self._window_span = max(span, 1e-3)
+        self._window_from = self._window_started = sent_at
+        self._window_sent = self._window_answered = self._window_oks = 1
+
+    def _window_spent(self, now: float, sent_at: float, retry_after: float | None) -> bool:
+        """A throttle without a long wait for a request sent beyond a guessed window's quota:
+        the window is spent. Everyone waits until it should reopen (as if a Retry-After said
+        so), then one request asks whether it did.
+        """
+        started, quota = self._window_started, self._window_quota
+        if not self._window_guessed or started is None or quota is None:
+            return False
+        if retry_after is not None and retry_after > LONG_WAIT:
+            return False
+        reopens = started + self._window_span
+        if sent_at < self._window_from or self._window_oks < quota or reopens - now <= LONG_WAIT:
+            return False
+        self._hold(now, reopens - now, "blocked")
+        before = self.pace(now)
+        if self.phase is not Phase.MEASURING:
+            self._limit_seen = before or math.inf
+            self.rate = before or self.min_rate
+        self._enter_measuring(now, before)
+        if self._probe_pace is None:
+            self._blocked_since = now
+        self._probe_pace = 1.0 / (reopens - now)
+        self._last_signal = now
+        self._pending = None
+        self._last_cut = now
+        self._round_answers = self._round_refused = 0
+        return True
 
     def _hold(self, now: float, seconds: float, reason: str) -> None:
         until = now + seconds

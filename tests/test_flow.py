@@ -539,6 +539,71 @@ def test_a_limit_closed_at_first_contact_that_reopens_later_was_a_window() -> No
     assert law.phase is Phase.SEARCHING
 
 
+def test_a_probes_refusal_is_not_judged_again_when_the_limit_opens() -> None:
+    """A refused probe of a closed limit is decided by the closed-limit wait itself: when a
+    later probe passes (a window reopened), that refusal is not left to cut the pace to the
+    slowest (the search up then crawled at 0.5 requests/s for a minute).
+    """
+    law = Law(max_concurrency=64)
+    law.answered(0.02, 0.0)
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    law.refused(0.05, 0.03, Refusal.THROTTLE, None)  # closed
+    law.refused(1.02, 1.0, Refusal.THROTTLE, None)  # a probe: still closed
+    law.answered(3.05, 3.03)  # the next passes: a window reopened
+    assert law.phase is Phase.SEARCHING
+    assert law.pace(3.05) == 4.0  # twice the probes' pace (one per 0.5 s), searching up
+
+
+def _ok(law: Law, t: float) -> None:
+    law.sent(t)
+    law.answered(t + 0.02, t)
+
+
+def _no(law: Law, t: float) -> None:
+    law.sent(t)
+    law.refused(t + 0.02, t, Refusal.THROTTLE, None)
+
+
+def _window_closes(law: Law, t: float) -> float:
+    """Probe a closed limit (no Retry-After) at each end of its wait until one passes at
+    10 s; return when it went."""
+    while t < 10.0:
+        _no(law, t)
+        t = max(law.wait_for_hold(t + 0.02) + t + 0.02, t + 0.03)
+    _ok(law, t)
+    return t
+
+
+def test_a_window_with_no_retry_after_is_guessed_from_its_closure() -> None:
+    """A limit that closes after 10 successes and opens again 10 s later (no Retry-After,
+    no headers) is a window: once the next one has held as many, the refusal past them is
+    its end, and everyone waits until it should reopen (no probes in between); the next
+    time the ask comes sooner, in case it reopened earlier than the probes found.
+    """
+    law = Law(max_concurrency=64)
+    for i in range(10):
+        _ok(law, 0.001 * i)
+    for i in range(8):
+        _no(law, 0.02 + 0.005 * i)  # first contact: closed
+    reopened = _window_closes(law, law.wait_for_hold(0.06) + 0.06)
+    span = reopened  # the first window began at 0
+    for i in range(9):
+        _ok(law, reopened + 0.03 + 0.001 * i)  # the window's quota: 10 with the probe
+    end = reopened + 0.1
+    _no(law, end)  # past the quota: the window is spent
+    assert law.wait_for_hold(end + 0.02) == pytest.approx(reopened + span - end - 0.02)
+    _no(law, end + 0.01)  # sent before the wait began: the same signal, no longer a wait
+    assert law.wait_for_hold(end + 0.03) == pytest.approx(reopened + span - end - 0.03)
+    second = reopened + span
+    _ok(law, second)  # open at the first ask ...
+    for i in range(9):
+        _ok(law, second + 0.03 + 0.001 * i)
+    _no(law, second + 0.1)
+    sooner = second + 0.9 * span  # ... so the next ask comes sooner
+    assert law.wait_for_hold(second + 0.12) == pytest.approx(sooner - second - 0.12)
+
+
 def test_quota_headers_count_what_is_in_flight_now_not_when_last_read() -> None:
     """Answers come back out of order. Within a window the least ``remaining`` read is the
     server's latest count, and the requests in flight *now* may not be in it yet: as their
