@@ -63,7 +63,12 @@ _PHASE_NAMES = {
     Phase.HOLDING: "measured",
     Phase.HEADERS: "headers",
 }
-_HOLD_NAMES = {"blocked": "refused", "first contact": "refused", "retry-after": "retry-after"}
+_HOLD_NAMES = {
+    "blocked": "refused",
+    "first contact": "refused",
+    "window": "refused",
+    "retry-after": "retry-after",
+}
 
 
 @attrs.frozen(slots=True)
@@ -425,7 +430,10 @@ class FlowControl:
     def _hold_error(
         self, now: float, wait: float, deadline: float | None, max_wait: float | None
     ) -> RateLimitError | None:
-        too_long = max_wait is not None and wait > max_wait + 1e-6  # float rounding
+        # (``max_wait`` bounds the server's waits; a window's rest guessed by the law is its
+        # own pacing, bounded like any pacing by the deadline)
+        guessed = self._law.hold.reason == "window" and self._law.hold.until > now
+        too_long = max_wait is not None and wait > max_wait + 1e-6 and not guessed
         past_deadline = deadline is not None and now + wait > deadline + 1e-6
         if not (too_long or past_deadline):
             return None

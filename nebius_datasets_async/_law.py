@@ -27,7 +27,7 @@ BUSY_CUT = 0.7  # a busy server's 503 cuts the concurrency cap to this share, on
 LONG_WAIT = 1.0  # seconds: a Retry-After longer than this is a wait for everyone
 BLOCKED_STREAK = 3  # refusals in a row with no success ...
 BLOCKED_QUIET = 0.1  # ... for this long (or two round trips): the limit is closed
-FIRST_BACKOFF = 0.25  # seconds everyone waits when blocked and no Retry-After says how long
+FIRST_BACKOFF = 1.0  # seconds everyone waits when blocked and no Retry-After says how long
 MAX_BACKOFF = 30.0  # ... doubling each time, at most this
 QUIET_SUCCESSES = 20  # the pace holds this many successes' worth of time after a refusal ...
 QUIET_SECONDS = 2.0  # ... and at least this long, before probing upward
@@ -95,7 +95,7 @@ class Hold:
     """A wait for everyone: nothing is sent before ``until`` (a clock value)."""
 
     until: float = -math.inf
-    #: why: "retry-after", "blocked", "quota"
+    #: why: "retry-after", "blocked", "window" (a guessed window's rest), "first contact"
     reason: str = ""
     #: consecutive holds without a success in between (the backoff doubles with it)
     count: int = 0
@@ -655,7 +655,7 @@ class Law:
         reopens = started + self._window_span
         if sent_at < self._window_from or self._window_oks < quota or reopens - now <= LONG_WAIT:
             return False
-        self._hold(now, reopens - now, "blocked")
+        self._hold(now, reopens - now, "window")
         before = self.pace(now)
         if self.phase is not Phase.MEASURING:
             self._limit_seen = before or math.inf

@@ -20,7 +20,15 @@ from nebius_datasets_async import (
     InvalidArgumentError,
     RateLimitError,
 )
-from nebius_datasets_async._law import NOISE_MOST, UNSEEN_WAIT, Law, Phase, QuotaReader, Refusal
+from nebius_datasets_async._law import (
+    FIRST_BACKOFF,
+    NOISE_MOST,
+    UNSEEN_WAIT,
+    Law,
+    Phase,
+    QuotaReader,
+    Refusal,
+)
 from nebius_datasets_async._protocol import RateLimits
 from nebius_datasets_async.testing import run_virtual
 
@@ -552,7 +560,7 @@ def test_a_probes_refusal_is_not_judged_again_when_the_limit_opens() -> None:
     law.refused(1.02, 1.0, Refusal.THROTTLE, None)  # a probe: still closed
     law.answered(3.05, 3.03)  # the next passes: a window reopened
     assert law.phase is Phase.SEARCHING
-    assert law.pace(3.05) == 4.0  # twice the probes' pace (one per 0.5 s), searching up
+    assert law.pace(3.05) == pytest.approx(2.0 / (2.0 * FIRST_BACKOFF))  # twice the probes'
 
 
 def _ok(law: Law, t: float) -> None:
@@ -602,6 +610,35 @@ def test_a_window_with_no_retry_after_is_guessed_from_its_closure() -> None:
     _no(law, second + 0.1)
     sooner = second + 0.9 * span  # ... so the next ask comes sooner
     assert law.wait_for_hold(second + 0.12) == pytest.approx(sooner - second - 0.12)
+
+
+def test_a_guessed_windows_rest_is_pacing_not_a_servers_wait() -> None:
+    """The rest of a window the law guessed (no Retry-After said it) is its own pacing:
+    callers wait it out (bounded by their deadline), and ``max_retry_after``, which bounds the
+    server's waits, does not fail them (a bulk run's remaining updates all failed when the
+    guess came out longer than 60 s).
+    """
+
+    async def body() -> None:
+        flow = make()
+        law, start = flow.law, now()
+        for i in range(10):
+            _ok(law, start + 0.001 * i)
+        for i in range(8):
+            _no(law, start + 0.02 + 0.005 * i)
+        reopened = _window_closes(law, law.wait_for_hold(start + 0.06) + start + 0.06)
+        for i in range(9):
+            _ok(law, reopened + 0.03 + 0.001 * i)
+        _no(law, reopened + 0.1)  # the window is spent: everyone waits for its reopening
+        await asyncio.sleep(reopened + 0.2 - now())
+        assert law.wait_for_hold(now()) > 5.0
+        with pytest.raises(RateLimitError):
+            await flow.admit(deadline=now() + 1.0)  # a deadline still bounds it
+        ticket = await flow.admit(max_wait=5.0)
+        assert now() == pytest.approx(2 * reopened - start)
+        flow.on_answer(ticket, NONE)
+
+    virtual(body)
 
 
 def test_quota_headers_count_what_is_in_flight_now_not_when_last_read() -> None:
