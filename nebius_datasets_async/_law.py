@@ -904,11 +904,12 @@ class Law:
             return  # pacing is not what holds requests back: the pace holds
         if self.phase is Phase.SEARCHING:
             # double every few round trips, and (unless a closed limit just opened) only
-            # after a few paced sends, so a low limit is not overshot by much
+            # after a few paced sends, so a low limit is not overshot by much; at most
+            # doubling with one success (the time since the last may span a hold)
             step = max(SEARCH_DOUBLING, 2.0 * self.latency)
             if not self._after_block:
                 step = max(step, SEARCH_SENDS / rate)
-            grown = rate * 2.0 ** (min(dt, 1.0) / step)
+            grown = rate * 2.0 ** min(min(dt, 1.0) / step, 1.0)
             top = SEARCH_UP_TO * self._limit_seen
             if grown >= top:
                 grown, self.phase = min(grown, max(top, rate)), Phase.HOLDING

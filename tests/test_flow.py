@@ -563,6 +563,26 @@ def test_a_probes_refusal_is_not_judged_again_when_the_limit_opens() -> None:
     assert law.pace(3.05) == pytest.approx(2.0 / (2.0 * FIRST_BACKOFF))  # twice the probes'
 
 
+def test_a_search_at_most_doubles_with_one_success() -> None:
+    """A search's growth goes by time, but one success never more than doubles the pace: the
+    time since the last success may span a hold (a bucket of 30 a minute, reopened after a
+    2 s wait, was searched from 2/s to 360/s by its first success: 68% refused).
+    """
+    law = Law(max_concurrency=64)
+    law.answered(0.02, 0.0)
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    law.refused(0.05, 0.03, Refusal.THROTTLE, None)  # closed
+    law.bound(3.0)  # pacing holds requests back
+    law.answered(3.05, 3.03)  # a window reopened: search up from twice the probes' pace
+    first = law.pace(3.05)
+    assert law.phase is Phase.SEARCHING
+    assert first is not None
+    law.bound(5.0)
+    law.answered(5.05, 5.03)  # two seconds later
+    assert law.pace(5.05) == pytest.approx(2 * first)
+
+
 def _ok(law: Law, t: float) -> None:
     law.sent(t)
     law.answered(t + 0.02, t)
