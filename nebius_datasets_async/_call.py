@@ -339,13 +339,11 @@ class Caller:
                     stats.throttled += 1
                 if ctx.throttled > policy.max_throttled:
                     raise error
-                if retry_after is not None or getattr(error, "status_code", None) == 429:
-                    # The gate paces every request and holds everyone through a long
-                    # Retry-After; a short one concerns this request only.
-                    short = retry_after is not None and retry_after <= LONG_WAIT
-                    delay = retry_after if retry_after is not None and short else 0.0
-                else:
-                    delay = policy.delay(ctx.throttled, retry_after, self._rand)
+                # The gate paces every request (a busy server's 503 cuts how many go at once)
+                # and holds everyone through a long Retry-After; a short one concerns this
+                # request only.
+                short = retry_after is not None and retry_after <= LONG_WAIT
+                delay = retry_after if retry_after is not None and short else 0.0
             else:
                 failures += 1
                 if failures >= policy.max_attempts or not flow.retry_allowed(failure):

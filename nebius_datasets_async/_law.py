@@ -54,7 +54,8 @@ NOISE_DROP = 0.5  # ... they were if the refused share stayed between this share
 NOISE_MOST_SHARE = 0.2  # ... refused shares above this are never noise
 NOISE_SLOWER = 0.9  # ... and only if the pace fell at least this much between the halves
 NOISE_FLOOR = 0.005  # a learned noise share under this is none
-NOISE_MARGIN = 2.0  # a share under this multiple of the learned noise is noise
+NOISE_MARGIN = 2.0  # a share under this multiple of the learned noise is noise ...
+NOISE_SPREAD = 3.0  # ... or a count within this many standard deviations of it (and one)
 ADMITTED_SUCCESSES = 16  # the latest successes, over at most ...
 ADMITTED_SPAN = 2.0  # ... this many seconds, say how fast the server admitted lately
 UNSEEN_WAIT = 0.05  # seconds a spent quota waits for answers in flight before looking again
@@ -242,13 +243,16 @@ class _Trial:
         self.flags: list[bool] = []
         self.paces: list[float] = []
 
-    def add(self, refused: bool, pace: float) -> float | None:
+    def add(self, refused: bool, pace: float, noise: float) -> float | None:
         """Count one answer; return the noise share once the answers say it is noise: as
         many refused in the second half as in the first, although the pace fell between.
         """
         flags = self.flags
         if len(flags) >= NOISE_MOST:
-            return None
+            # no verdict in that many: judge the latest half and what comes next (a trial
+            # that stopped counting kept every later cut from ever being undone)
+            del flags[: len(flags) // 2]
+            del self.paces[: len(self.paces) // 2]
         flags.append(refused)
         self.paces.append(pace)
         n = len(flags)
@@ -260,7 +264,13 @@ class _Trial:
             return None
         half = n // 2
         first, second = sum(flags[:half]) / half, sum(flags[half:]) / (n - half)
-        slower = sum(self.paces[half:]) / (n - half) <= NOISE_SLOWER * sum(self.paces[:half]) / half
+        now_pace = sum(self.paces[half:]) / (n - half)
+        slower = now_pace <= NOISE_SLOWER * sum(self.paces[:half]) / half
+        if not slower and noise >= NOISE_FLOOR and share <= NOISE_MARGIN * noise:
+            # as often as the noise already learned: slower than before the law slowed
+            # down for them is enough (it took a burst of noise for a limit)
+            before = self.before[1] if self.kind is Refusal.BUSY else self.before[0]
+            slower = now_pace <= NOISE_SLOWER * (math.inf if before is None else before)
         return share if slower and second >= NOISE_DROP * first else None
 
 
@@ -705,7 +715,7 @@ class Law:
         if at < trial.began:
             return
         measure = self.cap if trial.kind is Refusal.BUSY else (self.pace(now) or math.inf)
-        share = trial.add(refused, measure)
+        share = trial.add(refused, measure, self._noise[trial.kind])
         if share is None:
             return
         del self._trials[trial.kind]
@@ -855,9 +865,13 @@ class Law:
         noise = self._noise[kind]
         if noise < NOISE_FLOOR:
             return False
-        if self._round_answers < max(10, min(int(3.0 / noise), 100)):
+        n = self._round_answers
+        if n < max(10, min(int(3.0 / noise), 100)):
             return None
-        return self._round_refused / self._round_answers <= NOISE_MARGIN * noise
+        # within the margin, or within what chance gives that noise in so few answers
+        expected = n * noise
+        chance = expected + NOISE_SPREAD * math.sqrt(expected * (1.0 - noise)) + 1.0
+        return self._round_refused <= max(NOISE_MARGIN * expected, chance)
 
     def _grow(self, now: float) -> None:
         """A success: leave MEASURING after a quiet spell; probe upward while the pace binds."""

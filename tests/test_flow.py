@@ -28,6 +28,7 @@ from nebius_datasets_async._law import (
     Phase,
     QuotaReader,
     Refusal,
+    _Trial,
 )
 from nebius_datasets_async._protocol import RateLimits
 from nebius_datasets_async.testing import run_virtual
@@ -459,6 +460,53 @@ def test_refusals_that_slowing_down_does_not_reduce_are_noise() -> None:
         assert flow.law._noise  # learned
 
     virtual(body)
+
+
+def _refusals(n: int, every: int) -> list[bool]:
+    return [k % every == every - 1 for k in range(n)]
+
+
+def test_a_noise_trial_that_finds_no_verdict_in_its_answers_goes_on_judging() -> None:
+    """A trial with no verdict after ``NOISE_MOST`` answers keeps judging its latest ones:
+    it stopped counting, and every later cut for the same noise stood for good (a 10%
+    random 429 run went 25x slower than without them).
+    """
+    trial = _Trial(Refusal.THROTTLE, (None, 64.0, Phase.OPEN, False), 0.0)
+    for refused in _refusals(NOISE_MOST, 10):
+        assert trial.add(refused, 100.0, 0.0) is None  # the pace never fell: no verdict
+    verdicts = [trial.add(refused, 50.0, 0.0) for refused in _refusals(NOISE_MOST, 10)]
+    assert any(v == pytest.approx(0.1, abs=0.02) for v in verdicts)  # it fell: noise
+
+
+def test_refusals_as_often_as_the_learned_noise_are_noise_under_any_slower_pace() -> None:
+    """Refusals at the share of the noise already learned, going on at a pace the law cut
+    from unpaced (a burst of noise taken for a limit), are noise: the pace need not fall
+    again within the trial. With no noise learned, the same answers are no verdict.
+    """
+    answers = _refusals(200, 10)
+    unlearned = _Trial(Refusal.THROTTLE, (None, 64.0, Phase.OPEN, False), 0.0)
+    assert all(unlearned.add(r, 135.0, 0.0) is None for r in answers)
+    learned = _Trial(Refusal.THROTTLE, (None, 64.0, Phase.OPEN, False), 0.0)
+    verdicts = [learned.add(r, 135.0, 0.1) for r in answers]
+    assert any(v is not None for v in verdicts)
+
+
+def test_a_round_is_noise_within_what_chance_gives_the_learned_share() -> None:
+    """With 12.5% noise learned, 7 refused of 24 answers (29%, over twice the share) is
+    within chance (``NOISE_SPREAD``, 3 standard deviations): noise, not a new first contact.
+    """
+    law = Law(max_concurrency=64)
+    law._noise[Refusal.THROTTLE] = 0.125
+    t = 1.0
+    for k in range(24):
+        law.sent(t)
+        if k % 3 == 0 and k < 21:  # 7 refused, spread out
+            law.refused(t + 0.02, t, Refusal.THROTTLE, 0.0)
+        else:
+            law.answered(t + 0.02, t)
+        t += 0.001
+    assert law.phase is Phase.OPEN
+    assert not law.judging  # (7 > 2 x 12.5% x 24: the margin alone called it a limit)
 
 
 def test_quota_headers_pace_without_probing() -> None:

@@ -110,6 +110,24 @@ async def test_gives_up_after_max_attempts(fake: FakeDatasetsServer) -> None:
     assert len(sleep.delays) == 2
 
 
+async def test_a_busy_servers_503_is_retried_through_the_gate_without_a_backoff(
+    fake: FakeDatasetsServer,
+) -> None:
+    """A 503 without Retry-After from a server that answered lately is a busy server (or a
+    gateway refusing at random): the gate's concurrency cap paces its retry, with no backoff
+    of its own (a jittered backoff per refusal made 10% random 503s cost 2.8x the run).
+    A 503 from a server with no recent success is an outage: backed off and paid for.
+    """
+    sleep = SleepRecorder()
+    async with fake.client(_sleep=sleep, _rand=lambda: 1.0) as client:
+        await client.get_dataset(fake.dataset_ids[0])
+        fake.fail_next(2, status=503)
+        await client.rename(fake.dataset_ids[0], "busy")
+    assert sleep.delays == [0.0, 0.0]
+    assert len(fake.requests) == 4
+    assert fake.store[fake.dataset_ids[0]]["name"] == "busy"
+
+
 async def test_a_short_retry_after_is_waited_by_its_request(fake: FakeDatasetsServer) -> None:
     """A short Retry-After (a second at most, a token bucket's) delays the throttled request's
     own retry by exactly that much.
