@@ -24,12 +24,17 @@ SUBSET = [
     "bucket 20/s RA 1",  # a short Retry-After waited by its request only
     "fixed 100/s RA rest",  # the rest of a window waited by everyone, once
     "fixed 10/s no RA",  # a closed window asked with a growing backoff (was missed)
+    "fixed 100/s no RA",  # a window guessed from a closed limit (was 4.1x N/R)
+    "fixed 1/s no RA",  # ... and at a per-minute limit (a volley at each window's end)
     "fixed 2/s RA rest",  # a window spent as far as the last one held (was 6.7% refused)
     "per-minute, RA 60",  # 60 a minute, Retry-After 60 s (was 9.1% refused)
     "sliding 20/s headers",  # quota headers
     "fixed 5/s headers",  # a window's quota spent as it opens (was 1.2x N/R)
+    "fixed 500/s headers",  # ... not spread over the time to the reset (was 40 s for 32)
     "random 429 5% RA 0",  # refusals at random are noise (was 90x slower)
     "random 429 5% no RA",
+    "random 429 10% RA 0",  # a round beyond twice the noise but within chance (was 1.6x)
+    "random 503 10%",  # a busy server's 503 retried through the gate (was 2.8x)
     "drop 500->50/s",  # a limit that drops tenfold (was 9% refused)
     "2 clients 50/s",  # two clients share one limit (was missed)
     "give up: 2x offered, 2 s deadline",  # callers that leave hold nothing
@@ -46,20 +51,25 @@ def test_cell_meets_its_target(name: str) -> None:
     assert ok, f"{name}: {why}"
 
 
-@pytest.mark.parametrize(("name", "seed"), [("random 429 10% RA 0", 2), ("random 429 10% RA 1", 3)])
+@pytest.mark.parametrize(
+    ("name", "seed"),
+    [("random 429 10% RA 0", 2), ("random 429 10% RA 1", 3), ("random 429 10% RA 1", 5)],
+)
 def test_random_refusals_never_collapse_the_pace(name: str, seed: int) -> None:
     """10% of requests refused at random, no limit: draws where noise rounds ran above twice
     the learned share cut the pace again and again (to 0.5/s: 480-1,250x the run without
     refusals). Refusals that go on while the law slows down keep their noise trial and the
-    learned noise; a closed-limit hold in the open phase restores the open phase. (Still
-    2-25x: a miss of issue 16's 1.5x, stated in docs/flow-control.md.)
+    learned noise; a closed-limit hold in the open phase restores the open phase; a trial
+    that finds no verdict in 300 answers goes on judging; a round within chance of the
+    learned noise is noise (seed 2 was 25x, seed 5 8x). Still 1.4-4.4x over seeds 0-5: a
+    miss of issue 16's 1.5x, stated in docs/flow-control.md.
     """
     cell = attrs.evolve(CELLS[name], seed=seed)
     result = sim.run_cell(cell)
     base = sim.baseline(cell)
     assert base is not None
     assert result.failed == 0
-    assert result.wall <= 30 * base.wall, (result.wall, base.wall)
+    assert result.wall <= 5 * base.wall, (result.wall, base.wall)
 
 
 def test_a_limit_that_rises_tenfold_is_found_within_ten_seconds() -> None:
@@ -70,6 +80,20 @@ def test_a_limit_that_rises_tenfold_is_found_within_ten_seconds() -> None:
     assert any(
         result.goodput(t, t + 1) >= 0.8 * cell.limit.rate * factor
         for t in range(int(at), int(at) + 11)
+    )
+
+
+def test_a_per_minute_limit_that_rises_tenfold_is_found_within_thirty_seconds() -> None:
+    """A limit of 1/s that rises to 10/s is used at 80% within 30 s: probing past where the
+    limit was met grows the pace by up to 25% a success (it crawled at 5% a success: more
+    than 30 s). Issue 16 asks for 10 s: missed at this rate (docs/flow-control.md).
+    """
+    cell = CELLS["rise 1->10/s"]
+    result = sim.run_cell(cell)
+    at, factor = cell.limit.changes[0]
+    assert any(
+        result.goodput(t, t + 1) >= 0.8 * cell.limit.rate * factor
+        for t in range(int(at), int(at) + 30)
     )
 
 
