@@ -228,7 +228,8 @@ async def test_the_gate_learns_the_servers_rate() -> None:
         assert state.pacing == "measured"
         assert state.rate is not None
         assert 150 <= state.rate <= 400
-        assert report.final_rate == state.rate
+        # (while measuring, the pace follows the clock: read a moment apart, they differ a bit)
+        assert report.final_rate == pytest.approx(state.rate, rel=0.05)
 
 
 async def test_retry_budget_ends_a_run_against_a_dead_server_quickly() -> None:
