@@ -552,22 +552,8 @@ class Law:
             if not retry_after and self._window_guessed:
                 # a guessed window's reopening is near: ask in small steps of its span
                 wait = min(wait, max(FIRST_BACKOFF, self._window_span / WINDOW_STEPS))
-            self._hold(now, wait, "blocked")
-            before = self.pace(now)  # (None: unpaced, as a noise verdict would restore)
-            if self.phase is not Phase.MEASURING:
-                self._limit_seen = before or math.inf
-                self.rate = before or self.min_rate
-            self._enter_measuring(now, before)
-            if self._probe_pace is None:
-                self._blocked_since = now
-            self._probe_pace = 1.0 / max(wait, 1e-3)  # one request a hold, until one passes
+            self._close(now, wait, "blocked")
             self._probe_refused = sent_at
-            self._last_signal = now
-            # decided: this refusal (and those of requests sent before it) is no round's to
-            # judge later (a probe's refusal left pending cut the pace once the limit opened)
-            self._pending = None
-            self._last_cut = now
-            self._round_answers = self._round_refused = 0
 
         if self._contact_at is not None and kind is Refusal.THROTTLE:
             if at >= self._contact_at:
@@ -665,20 +651,27 @@ class Law:
         reopens = started + self._window_span
         if sent_at < self._window_from or self._window_oks < quota or reopens - now <= LONG_WAIT:
             return False
-        self._hold(now, reopens - now, "window")
-        before = self.pace(now)
+        self._close(now, reopens - now, "window")
+        return True
+
+    def _close(self, now: float, wait: float, reason: str) -> None:
+        """The limit is closed: everyone waits ``wait``, then one request a hold asks whether
+        it opened. This refusal (and those of requests sent before it) is decided: no round
+        judges it later (a probe's refusal left pending cut the pace once the limit opened).
+        """
+        self._hold(now, wait, reason)
+        before = self.pace(now)  # (None: unpaced, as a noise verdict would restore)
         if self.phase is not Phase.MEASURING:
             self._limit_seen = before or math.inf
             self.rate = before or self.min_rate
         self._enter_measuring(now, before)
         if self._probe_pace is None:
             self._blocked_since = now
-        self._probe_pace = 1.0 / (reopens - now)
+        self._probe_pace = 1.0 / max(wait, 1e-3)  # one request a hold, until one passes
         self._last_signal = now
         self._pending = None
         self._last_cut = now
         self._round_answers = self._round_refused = 0
-        return True
 
     def _hold(self, now: float, seconds: float, reason: str) -> None:
         until = now + seconds
