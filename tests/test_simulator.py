@@ -72,28 +72,19 @@ def test_random_refusals_never_collapse_the_pace(name: str, seed: int) -> None:
     assert result.wall <= 5 * base.wall, (result.wall, base.wall)
 
 
-def test_a_limit_that_rises_tenfold_is_found_within_ten_seconds() -> None:
-    """Without headers, a limit that rises from 10/s to 100/s is used at 80% within 10 s."""
-    cell = CELLS["rise 10->100/s"]
-    result = sim.run_cell(cell)
-    at, factor = cell.limit.changes[0]
-    assert any(
-        result.goodput(t, t + 1) >= 0.8 * cell.limit.rate * factor
-        for t in range(int(at), int(at) + 11)
-    )
-
-
-def test_a_per_minute_limit_that_rises_tenfold_is_found_within_thirty_seconds() -> None:
-    """A limit of 1/s that rises to 10/s is used at 80% within 30 s: probing past where the
-    limit was met grows the pace by up to 25% a success (it crawled at 5% a success: more
-    than 30 s). Issue 16 asks for 10 s: missed at this rate (docs/flow-control.md).
+@pytest.mark.parametrize(("name", "within"), [("rise 10->100/s", 10), ("rise 1->10/s", 30)])
+def test_a_limit_that_rises_tenfold_is_found(name: str, within: int) -> None:
+    """Without headers, a limit that rises tenfold is used at 80% within 10 s from 10/s, and
+    within 30 s from 1/s: probing past where the limit was met grows the pace by up to 25% a
+    success (it crawled at 5% a success: more than 30 s). Issue 16 asks for 10 s: missed at
+    1/s (docs/flow-control.md).
     """
-    cell = CELLS["rise 1->10/s"]
+    cell = CELLS[name]
     result = sim.run_cell(cell)
     at, factor = cell.limit.changes[0]
     assert any(
         result.goodput(t, t + 1) >= 0.8 * cell.limit.rate * factor
-        for t in range(int(at), int(at) + 30)
+        for t in range(int(at), int(at) + within + 1)
     )
 
 
