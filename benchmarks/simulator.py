@@ -35,7 +35,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,9 @@ class Result:
     #: log's clock (``None``: one latency after the first refusal, as on virtual time, where
     #: the answer takes exactly the latency; a real round trip takes longer).
     first_known: float | None = None
+    #: The log's indexes of requests sent before their client learnt of any refusal (in the
+    #: first burst even if they arrive the instant the first refusal is known).
+    unaware: frozenset[int] = frozenset()
 
     @property
     def requests(self) -> int:
@@ -269,8 +272,14 @@ class Result:
         return self.wall / self.ideal if self.ideal > 0 else math.nan
 
     def refused_from(self, start: float) -> float:
-        """Refused share of the requests that arrived after ``start``."""
-        after = [s for t, s in self.log if t >= start]
+        """Refused share of the requests that arrived after ``start`` (at ``start`` itself,
+        those their client sent knowing of a refusal: the others left with the first burst).
+        """
+        after = [
+            s
+            for i, (t, s) in enumerate(self.log)
+            if t > start + 1e-9 or (t >= start - 1e-9 and i not in self.unaware)
+        ]
         return sum(1 for s in after if s != 200) / len(after) if after else 0.0
 
     @property
@@ -312,22 +321,48 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
         seed=cell.seed,
     )
     half = cell.latency / 2
+    # the log's indexes of requests their client admitted before it learnt of any refusal:
+    # the first burst, even if they arrive with the first one known (the same instant)
+    unaware: set[int] = set()
 
-    async def handle(request: Request) -> Response:
-        await asyncio.sleep(half)
-        response = server.answer(loop.time())
-        await asyncio.sleep(half)
-        return response
+    def handler(flow: Any) -> Callable[[Request], Awaitable[Response]]:
+        sent = 0
+        admitted: list[int] = []  # admissions before the client learnt of a refusal
+
+        def learns(method: Callable[..., None]) -> Callable[..., None]:
+            def learn(*args: Any, **kwargs: Any) -> None:
+                if not admitted:
+                    admitted.append(flow.state().requests)
+                method(*args, **kwargs)
+
+            return learn
+
+        flow.on_throttle = learns(flow.on_throttle)
+        flow.on_failure = learns(flow.on_failure)
+
+        async def handle(request: Request) -> Response:
+            nonlocal sent
+            sent += 1  # (requests leave in the order they were admitted)
+            knew = bool(admitted) and sent > admitted[0]
+            await asyncio.sleep(half)
+            if not knew:
+                unaware.add(len(server.log))
+            response = server.answer(loop.time())
+            await asyncio.sleep(half)
+            return response
+
+        return handle
 
     make_flow = flow_factory or FlowControl
+    flows = [make_flow(clock=loop.time) for _ in range(cell.clients)]
     clients = [
         DatasetsClient(
             api_key="sim-key",
-            transport=MockTransport(handle),
-            flow=make_flow(clock=loop.time),
+            transport=MockTransport(handler(flow)),
+            flow=flow,
             retry=RetryPolicy(deadline=cell.deadline),
         )
-        for _ in range(cell.clients)
+        for flow in flows
     ]
     share = [
         cell.updates // cell.clients + (i < cell.updates % cell.clients)
@@ -381,6 +416,7 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
         failed=failed,
         calls=calls,
         cpu=cpu,
+        unaware=frozenset(unaware),
     )
 
 

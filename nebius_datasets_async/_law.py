@@ -36,6 +36,8 @@ PROBE_DOUBLING = 0.75  # ... doubling every 0.75 s past where the limit was met 
 MAX_PROBE = 1.0  # ... up to this (the pace then grows e-fold a second)
 PROBE_STEP = 0.25  # ... and by at most this share of itself a success
 PROBE_NEAR = 1.05  # ... but only creeps while under this multiple of where the limit was met
+PROBE_BACK = 2.0  # a probe refused under this multiple of the pace before it goes back to that
+PROBE_BACKOFF = 2  # ... and the next waits twice as long a quiet spell (at most 2**this)
 SEARCH_DOUBLING = 0.1  # seconds (or two round trips, or four paced sends) to double a search
 SEARCH_UP_TO = 0.9  # a search stops at this share of the pace the last rate signal came at
 SEARCH_SENDS = 8  # ... and at least this many paced sends per doubling
@@ -47,6 +49,7 @@ WINDOW_SOONER = 0.9  # ... and if it was open at the first ask, ask this much so
 CLOSED_SHARE = 0.8  # ... closed if this share was refused and at most one passed
 ROUND_ANSWERS = 3  # answers a round needs before it is judged (first contact: one)
 MEASURE_SUCCESSES = 4  # successes since refusals began that measure the limit
+MEASURE_LEAD = 0.1  # seconds: until the first of them, the bound counts this much longer
 NOISE_ANSWERS = 40  # answers after a cut that tell whether its refusals were noise (at
 NOISE_MOST = 300  # least three refusals' worth at the share before, at most this many)
 NOISE_DROP = 0.5  # ... they were if the refused share stayed between this share of before
@@ -58,6 +61,7 @@ NOISE_MARGIN = 2.0  # a share under this multiple of the learned noise is noise 
 NOISE_SPREAD = 3.0  # ... or a count within this many standard deviations of it (and one)
 ADMITTED_SUCCESSES = 16  # the latest successes, over at most ...
 ADMITTED_SPAN = 2.0  # ... this many seconds, say how fast the server admitted lately
+ADMITTED_SENDS = 8  # ... or over this many of the pace's intervals, if longer
 UNSEEN_WAIT = 0.05  # seconds a spent quota waits for answers in flight before looking again
 MIN_RATE = 0.5  # requests per second: the slowest pace (a default of the gate)
 BUDGET_REFUND = 1.0  # tokens an answered request gives back to the retry budget
@@ -322,6 +326,8 @@ class Law:
         self._contact_waited = False  # first contact restarted after a long Retry-After
         self._reopening = False  # a window reopens after a long Retry-After: not measuring
         self._beyond = now  # when the probe passed where the limit was last met
+        self._probe_from: float | None = None  # the pace that held before this probe began
+        self._probes_failed = 0  # probes in a row that met the limit where it was
         self._after_block = False  # searching up since a closed limit opened
         self._blocked_since = math.inf  # when the limit last closed
         self._last_cut = -math.inf  # answers to requests sent before it are the same signal
@@ -687,6 +693,7 @@ class Law:
         before is kept, to be restored if the refusals turn out to be noise.
         """
         self._after_block = False
+        self._probe_from = None
         if self.phase is not Phase.MEASURING:
             self._episode_start = now
             self._episode_oks, self._episode_began = 0, self._now
@@ -812,10 +819,18 @@ class Law:
                 return  # refusals while measuring: the bound follows what gets through
             new = 0.5 * pace  # refused more often than not, the bound not yet telling
         else:
-            new = CUT * pace  # a probe or a search went over the limit: step back, measure
+            # a probe or a search went over the limit: step back from where it was met (the
+            # pace, or what the server admitted lately if less), and measure
+            new = CUT * min(pace, self._admitted(now, pace) or pace)
+            held = self._probe_from
+            if self.phase is Phase.HOLDING and held is not None and pace <= PROBE_BACK * held:
+                # a probe met the limit not far above the pace that held before it: the
+                # limit lies between them (a burst hid it while the probe grew); go back
+                new = min(new, held)
+                self._probes_failed = min(self._probes_failed + 1, PROBE_BACKOFF)
         # the limit lies under the pace it was met at, and near what the server admitted
         # lately (a search overshoots by what it grew while a burst hid the limit)
-        self._limit_seen = min(pace, self._admitted(now) or pace)
+        self._limit_seen = min(pace, self._admitted(now, pace) or pace)
         self._enter_measuring(now, pace)
         self.rate = max(new, self.min_rate)
         self._decided(now)
@@ -844,9 +859,11 @@ class Law:
         pace = self.pace(now)
         return pace is not None and (ROUND_ANSWERS - 1) / pace > SEARCH_DOUBLING
 
-    def _admitted(self, now: float) -> float | None:
-        """Successes per second lately (``None``: too few to tell)."""
-        oks = [t for t in self._oks if t > now - ADMITTED_SPAN]
+    def _admitted(self, now: float, pace: float) -> float | None:
+        """Successes per second lately (``None``: too few to tell): over ``ADMITTED_SPAN``, or
+        over a few of ``pace``'s intervals if longer.
+        """
+        oks = [t for t in self._oks if t > now - max(ADMITTED_SPAN, ADMITTED_SENDS / pace)]
         if len(oks) < 4:
             return None
         return len(oks) / max(now - oks[0], 1e-3)
@@ -922,9 +939,13 @@ class Law:
                 grown, self.phase = min(grown, max(top, rate)), Phase.HOLDING
             self.rate = grown
             return
-        quiet_needed = max(QUIET_SECONDS, QUIET_SUCCESSES / pace)
+        quiet_needed = max(QUIET_SECONDS, QUIET_SUCCESSES / pace) * 2.0**self._probes_failed
         if quiet < quiet_needed:
             return
+        if self._probe_from is None:
+            self._probe_from = rate
+        elif rate > PROBE_BACK * self._probe_from:
+            self._probes_failed = 0  # the limit rose: probe as often as at first
         if rate < PROBE_NEAR * self._limit_seen:
             speed = self.probe  # near where the limit was last met: creep
             self._beyond = now

@@ -868,3 +868,82 @@ def test_history_stays_bounded_in_a_long_lived_service() -> None:
         assert all(len(trial.flags) <= NOISE_MOST for trial in law._trials.values())
 
     virtual(body)
+
+
+def _holding(rate: float) -> Law:
+    """A law that measured a limit at ``rate``: it holds there."""
+    law = Law(max_concurrency=64)
+    law.phase, law.rate, law._limit_seen = Phase.HOLDING, rate, rate
+    return law
+
+
+def _paced(law: Law, t: float, until: float) -> float:
+    """Paced successes from ``t`` until ``until`` (each at the law's pace); return when the
+    next would go."""
+    while t < until:
+        law.sent(t)
+        law.bound(t)
+        law.answered(t + 0.02, t)
+        pace = law.pace(t + 0.02)
+        assert pace is not None
+        t += 1.0 / pace
+    return t
+
+
+def test_a_probe_refused_not_far_above_the_pace_before_it_goes_back_to_that_pace() -> None:
+    """A probe that a bucket's burst hid grows past where the limit was met before it is
+    refused; the limit lies between the pace that held before the probe and the probe's:
+    back to the former (a cut by 15% left it over the limit: a second refusal, and a third
+    while measuring, at 5 requests/s).
+    """
+    law = _holding(5.0)
+    t = 0.0
+    while law.rate < 8.0:  # the probe grows, nothing refused (a burst absorbs it)
+        t = _paced(law, t, t + 0.01)
+    law.sent(t)
+    law.refused(t + 0.02, t, Refusal.THROTTLE, None)
+    assert law.phase is Phase.MEASURING
+    assert law.rate == 5.0  # (0.85 of the probe's pace or of what got through: 5.9-6.8)
+
+
+def test_probes_that_meet_the_limit_where_it_was_wait_longer_each_time() -> None:
+    """Each probe refused near the pace before it costs a refusal: the next waits a quiet
+    spell twice as long (then four times), so a steady limit at 1-5 requests/s is probed a
+    few times a minute, not every 20 requests.
+    """
+    law = _holding(5.0)
+    law._last_signal = 0.0  # the limit was met at 0
+    quiet = []
+    t = signal = 0.0
+    for _ in range(3):
+        while law.phase is not Phase.HOLDING:  # measuring after the refusal
+            t = _paced(law, t, t + 0.01)
+        held = law.rate
+        while law.rate == held:  # until the probe begins
+            t = _paced(law, t, t + 0.01)
+        quiet.append((t - signal) * held / 20)  # in quiet spells of 20 successes
+        while law.rate < 1.3 * held:
+            t = _paced(law, t, t + 0.01)
+        law.sent(t)
+        law.refused(t + 0.02, t, Refusal.THROTTLE, None)
+        signal = t + 0.02
+    assert quiet == pytest.approx([1.0, 2.0, 4.0], rel=0.15)
+
+
+def test_a_cut_steps_back_from_what_the_server_admitted_at_a_slow_pace() -> None:
+    """A search that overshot a limit of 1 request/s to 1.2/s: the server admitted about
+    1/s over the last eight intervals; the cut steps back from that, not from the pace
+    (0.85 x 1.2 = 1.02 was still over the limit, and refused again a second later).
+    """
+    law = _holding(1.2)
+    law.phase = Phase.SEARCHING
+    law._limit_seen = 100.0
+    for i in range(8):
+        t = float(i)  # admitted once a second
+        law.sent(t)
+        law.answered(t + 0.02, t)
+    law.sent(8.0)
+    law.refused(8.02, 8.0, Refusal.THROTTLE, None)
+    assert law.phase is Phase.MEASURING
+    assert law.rate is not None
+    assert law.rate < 0.9  # (0.85 of the admitted 1/s, not of the pace)
