@@ -37,7 +37,6 @@ MAX_PROBE = 1.0  # ... up to this (the pace then grows e-fold a second)
 PROBE_STEP = 0.25  # ... and by at most this share of itself a success
 PROBE_NEAR = 1.05  # ... but only creeps while under this multiple of where the limit was met
 PROBE_BACK = 2.0  # a probe refused under this multiple of the pace before it goes back to that
-PROBE_BACKOFF = 2  # ... and the next waits twice as long a quiet spell (at most 2**this)
 SEARCH_DOUBLING = 0.1  # seconds (or two round trips, or four paced sends) to double a search
 SEARCH_UP_TO = 0.9  # a search stops at this share of the pace the last rate signal came at
 SEARCH_SENDS = 8  # ... and at least this many paced sends per doubling
@@ -327,7 +326,6 @@ class Law:
         self._reopening = False  # a window reopens after a long Retry-After: not measuring
         self._beyond = now  # when the probe passed where the limit was last met
         self._probe_from: float | None = None  # the pace that held before this probe began
-        self._probes_failed = 0  # probes in a row that met the limit where it was
         self._after_block = False  # searching up since a closed limit opened
         self._blocked_since = math.inf  # when the limit last closed
         self._last_cut = -math.inf  # answers to requests sent before it are the same signal
@@ -827,7 +825,6 @@ class Law:
                 # a probe met the limit not far above the pace that held before it: the
                 # limit lies between them (a burst hid it while the probe grew); go back
                 new = min(new, held)
-                self._probes_failed = min(self._probes_failed + 1, PROBE_BACKOFF)
         # the limit lies under the pace it was met at, and near what the server admitted
         # lately (a search overshoots by what it grew while a burst hid the limit)
         self._limit_seen = min(pace, self._admitted(now, pace) or pace)
@@ -939,13 +936,11 @@ class Law:
                 grown, self.phase = min(grown, max(top, rate)), Phase.HOLDING
             self.rate = grown
             return
-        quiet_needed = max(QUIET_SECONDS, QUIET_SUCCESSES / pace) * 2.0**self._probes_failed
+        quiet_needed = max(QUIET_SECONDS, QUIET_SUCCESSES / pace)
         if quiet < quiet_needed:
             return
         if self._probe_from is None:
             self._probe_from = rate
-        elif rate > PROBE_BACK * self._probe_from:
-            self._probes_failed = 0  # the limit rose: probe as often as at first
         if rate < PROBE_NEAR * self._limit_seen:
             speed = self.probe  # near where the limit was last met: creep
             self._beyond = now

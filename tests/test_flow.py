@@ -906,30 +906,6 @@ def test_a_probe_refused_not_far_above_the_pace_before_it_goes_back_to_that_pace
     assert law.rate == 5.0  # (0.85 of the probe's pace or of what got through: 5.9-6.8)
 
 
-def test_probes_that_meet_the_limit_where_it_was_wait_longer_each_time() -> None:
-    """Each probe refused near the pace before it costs a refusal: the next waits a quiet
-    spell twice as long (then four times), so a steady limit at 1-5 requests/s is probed a
-    few times a minute, not every 20 requests.
-    """
-    law = _holding(5.0)
-    law._last_signal = 0.0  # the limit was met at 0
-    quiet = []
-    t = signal = 0.0
-    for _ in range(3):
-        while law.phase is not Phase.HOLDING:  # measuring after the refusal
-            t = _paced(law, t, t + 0.01)
-        held = law.rate
-        while law.rate == held:  # until the probe begins
-            t = _paced(law, t, t + 0.01)
-        quiet.append((t - signal) * held / 20)  # in quiet spells of 20 successes
-        while law.rate < 1.3 * held:
-            t = _paced(law, t, t + 0.01)
-        law.sent(t)
-        law.refused(t + 0.02, t, Refusal.THROTTLE, None)
-        signal = t + 0.02
-    assert quiet == pytest.approx([1.0, 2.0, 4.0], rel=0.15)
-
-
 def test_a_cut_steps_back_from_what_the_server_admitted_at_a_slow_pace() -> None:
     """A search that overshot a limit of 1 request/s to 1.2/s: the server admitted about
     1/s over the last eight intervals; the cut steps back from that, not from the pace
