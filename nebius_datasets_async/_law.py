@@ -361,6 +361,12 @@ class Law:
         if self.phase is Phase.HEADERS:
             return self.quota.rate
         rate = self.rate
+        first = self.hold.reason == "first contact"
+        if self._contact_at is not None and rate is None and first and now >= self.hold.until:
+            # first contact, undecided when its wait ran out: at most what got through since
+            # the first refusal, and one more (not everyone waiting at once)
+            span = max(now - self._contact_at, 1e-3)
+            return max(HEADROOM * (self._contact[2] + 1) / span, self.min_rate)
         if rate is None or self.phase is not Phase.MEASURING:
             return rate
         if self._probe_pace is not None:
@@ -790,7 +796,8 @@ class Law:
         # From here on, every success is the limit's refill (the successes so far may have
         # spent what was left of a burst): measure from now.
         self._enter_measuring(now, None)
-        self.hold.until = min(self.hold.until, now)  # the first contact's wait is over
+        if self.hold.reason == "first contact":
+            self.hold.until = min(self.hold.until, now)  # the first contact's wait is over
         if oks <= 1 and share >= CLOSED_SHARE:
             # everything refused: the limit is closed; wait (the Retry-After, else a
             # backoff), then ask one request at a time

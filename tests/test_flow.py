@@ -22,6 +22,7 @@ from nebius_datasets_async import (
 )
 from nebius_datasets_async._law import (
     FIRST_BACKOFF,
+    HEADROOM,
     NOISE_MOST,
     UNSEEN_WAIT,
     Law,
@@ -389,7 +390,7 @@ def test_a_closed_limit_is_asked_one_request_at_a_time_with_a_growing_backoff() 
             await refused_request()
         assert flow.state().phase == "measuring"
         gaps = [b - a for a, b in itertools.pairwise(sent[-6:])]
-        assert all(b >= a for a, b in itertools.pairwise(gaps))  # growing
+        assert all(b >= a - 1e-6 for a, b in itertools.pairwise(gaps))  # growing (to a cap)
         assert now() - started > 3.0  # six requests took seconds, not milliseconds
 
     virtual(body)
@@ -923,3 +924,20 @@ def test_a_cut_steps_back_from_what_the_server_admitted_at_a_slow_pace() -> None
     assert law.phase is Phase.MEASURING
     assert law.rate is not None
     assert law.rate < 0.9  # (0.85 of the admitted 1/s, not of the pace)
+
+
+def test_a_first_contact_undecided_when_its_wait_ends_paces_what_leaves() -> None:
+    """Every answer of the first burst came at once (7 refused, 1 passed, 50 ms away): too
+    few to judge, and none in flight to wait for. When the first contact's wait ends, the
+    callers waiting leave at most at what got through since, and one more: not all at once
+    (50 single calls against 1 request/s at 50 ms sent 17 at once into the closed limit).
+    """
+    law = Law(max_concurrency=64)
+    for _ in range(8):
+        law.sent(0.0)
+    law.answered(0.05, 0.0)
+    for _ in range(7):
+        law.refused(0.05, 0.0, Refusal.THROTTLE, None)
+    assert law.judging
+    end = 0.05 + law.wait_for_hold(0.05)
+    assert law.pace(end) == pytest.approx(HEADROOM / (end - 0.05))  # (~10/s, not unpaced)
