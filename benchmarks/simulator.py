@@ -1035,6 +1035,12 @@ def main(argv: list[str] | None = None) -> int:
         "--exact", action="store_true", help="--only names whole cells, tab-separated"
     )
     parser.add_argument("--rows", action="store_true", help="print the rows only")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        metavar="SECONDS",
+        help="run every cell (and its baseline) at this round-trip latency instead of its own",
+    )
     args = parser.parse_args(argv)
     cells = quick_cells() if args.quick else all_cells()
     if args.only and args.exact:
@@ -1042,6 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for c in cells if c.name in wanted]
     elif args.only:
         cells = [c for c in cells if any(w in c.name for w in args.only.split(","))]
+    if args.latency is not None:
+        cells = [attrs.evolve(c, latency=args.latency) for c in cells]
     started = time.perf_counter()
     rows = []
     judged: list[tuple[Result, Result | None]] = []
@@ -1055,6 +1063,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rows or not args.baseline:
             print(rows[-1], flush=True)
     summary = f"{met} of {len(cells)} cells meet their target"
+    if args.latency is not None:
+        summary += f" (every cell at {args.latency * 1000:.0f} ms round trip)"
     lines = [*HEADER, *rows, "", summary]
     if args.baseline:
         before = run_elsewhere(args.baseline, [c.name for c in cells])

@@ -48,7 +48,6 @@ WINDOW_SOONER = 0.9  # ... and if it was open at the first ask, ask this much so
 CLOSED_SHARE = 0.8  # ... closed if this share was refused and at most one passed
 ROUND_ANSWERS = 3  # answers a round needs before it is judged (first contact: one)
 MEASURE_SUCCESSES = 4  # successes since refusals began that measure the limit
-MEASURE_LEAD = 0.1  # seconds: until the first of them, the bound counts this much longer
 NOISE_ANSWERS = 40  # answers after a cut that tell whether its refusals were noise (at
 NOISE_MOST = 300  # least three refusals' worth at the share before, at most this many)
 NOISE_DROP = 0.5  # ... they were if the refused share stayed between this share of before
