@@ -817,23 +817,22 @@ class Law:
         share = self._round_refused / max(self._round_answers, 1)
         if pace is None:
             return  # unpaced: first contact is judged by _contacted, not here
+        # the limit lies under the pace it was met at, and near what the server admitted
+        # lately (a search overshoots by what it grew while a burst hid the limit)
+        seen = min(pace, self._admitted(now, pace) or pace)
         if self.phase is Phase.MEASURING:
             young = now - self._episode_start < max(4.0 * self.latency, 0.05)
             if share < 0.5 or pace < (self.rate or math.inf) or young:
                 return  # refusals while measuring: the bound follows what gets through
             new = 0.5 * pace  # refused more often than not, the bound not yet telling
         else:
-            # a probe or a search went over the limit: step back from where it was met (the
-            # pace, or what the server admitted lately if less), and measure
-            new = CUT * min(pace, self._admitted(now, pace) or pace)
+            new = CUT * seen  # a probe or a search went over the limit: step back, measure
             held = self._probe_from
             if self.phase is Phase.HOLDING and held is not None and pace <= PROBE_BACK * held:
                 # a probe met the limit not far above the pace that held before it: the
                 # limit lies between them (a burst hid it while the probe grew); go back
                 new = min(new, held)
-        # the limit lies under the pace it was met at, and near what the server admitted
-        # lately (a search overshoots by what it grew while a burst hid the limit)
-        self._limit_seen = min(pace, self._admitted(now, pace) or pace)
+        self._limit_seen = seen
         self._enter_measuring(now, pace)
         self.rate = max(new, self.min_rate)
         self._decided(now)
