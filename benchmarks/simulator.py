@@ -49,6 +49,7 @@ from nebius_datasets_async import (  # noqa: E402
     DatasetsClient,
     DatasetsError,
     DatasetUpdate,
+    Failure,
     FlowControl,
     Request,
     Response,
@@ -329,16 +330,17 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
         sent = 0
         admitted: list[int] = []  # admissions before the client learnt of a refusal
 
-        def learns(method: Callable[..., None]) -> Callable[..., None]:
-            def learn(*args: Any, **kwargs: Any) -> None:
-                if not admitted:
+        def learns(method: Callable[..., None], *kinds: Failure) -> Callable[..., None]:
+            def learn(ticket: Any, *args: Any, **kwargs: Any) -> None:
+                refusal = not kinds or args[0] in kinds  # (a failure: a busy server's 503 only)
+                if refusal and not admitted:
                     admitted.append(flow.state().requests)
-                method(*args, **kwargs)
+                method(ticket, *args, **kwargs)
 
             return learn
 
         flow.on_throttle = learns(flow.on_throttle)
-        flow.on_failure = learns(flow.on_failure)
+        flow.on_failure = learns(flow.on_failure, Failure.OVERLOAD)
 
         async def handle(request: Request) -> Response:
             nonlocal sent

@@ -360,11 +360,13 @@ class Law:
         if self.phase is Phase.HEADERS:
             return self.quota.rate
         rate = self.rate
-        first = self.hold.reason == "first contact"
-        if self._contact_at is not None and rate is None and first and now >= self.hold.until:
-            # first contact, undecided when its wait ran out: at most what got through since
-            # the first refusal, and one more (not everyone waiting at once)
-            span = max(now - self._contact_at, 1e-3)
+        if self._contact_at is not None and rate is None and self.hold.reason == "first contact":
+            # first contact, judging: once its wait ends undecided, at most what got through
+            # since the first refusal, and one more (not everyone waiting at once; a fleet
+            # stores the pace during the wait, as it will be at its end)
+            start = self._contact_at
+            span = max(now, self.hold.until) - start
+            span = max(span, 2.0 * self.latency, 0.01)
             return max(HEADROOM * (self._contact[2] + 1) / span, self.min_rate)
         if rate is None or self.phase is not Phase.MEASURING:
             return rate
@@ -596,6 +598,7 @@ class Law:
             self.phase = Phase.HEADERS
             self.hold = Hold()
             self._trials.pop(Refusal.THROTTLE, None)
+            self._probe_from = None
         elif not self.quota.active and self.phase is Phase.HEADERS:
             self.phase = Phase.HOLDING if self.rate is not None else Phase.OPEN
 
@@ -733,6 +736,7 @@ class Law:
         if self.phase in (Phase.MEASURING, Phase.SEARCHING):
             self.phase = Phase.HOLDING
         self._probe_pace = None
+        self._probe_from = None
         self._last_signal = -math.inf
 
     def _decide(self, now: float) -> None:

@@ -898,6 +898,7 @@ def test_a_probe_refused_not_far_above_the_pace_before_it_goes_back_to_that_pace
     while measuring, at 5 requests/s).
     """
     law = _holding(5.0)
+    law._limit_seen = 5.5  # (met a little above the pace that held)
     t = 0.0
     while law.rate < 8.0:  # the probe grows, nothing refused (a burst absorbs it)
         t = _paced(law, t, t + 0.01)
@@ -905,6 +906,23 @@ def test_a_probe_refused_not_far_above_the_pace_before_it_goes_back_to_that_pace
     law.refused(t + 0.02, t, Refusal.THROTTLE, None)
     assert law.phase is Phase.MEASURING
     assert law.rate == 5.0  # (0.85 of the probe's pace or of what got through: 5.9-6.8)
+
+
+def test_a_probe_refused_far_above_the_pace_before_it_found_a_higher_limit() -> None:
+    """A probe that got past twice the pace that held before it met a limit that rose: the
+    cut steps back from where it was met, not to the old pace.
+    """
+    law = _holding(5.0)
+    t = 0.0
+    while law.rate < 12.0:
+        t = _paced(law, t, t + 0.01)
+    pace = law.pace(t)
+    assert pace is not None
+    law.sent(t)
+    law.refused(t + 0.02, t, Refusal.THROTTLE, None)
+    assert law.phase is Phase.MEASURING
+    assert law.rate is not None
+    assert law.rate > 6.0  # (0.85 of what got through lately, not back to 5/s)
 
 
 def test_a_cut_steps_back_from_what_the_server_admitted_at_a_slow_pace() -> None:
@@ -941,3 +959,21 @@ def test_a_first_contact_undecided_when_its_wait_ends_paces_what_leaves() -> Non
     assert law.judging
     end = 0.05 + law.wait_for_hold(0.05)
     assert law.pace(end) == pytest.approx(HEADROOM / (end - 0.05))  # (~10/s, not unpaced)
+    # (during the wait it reads the same: a fleet stores the pace it will be at its end)
+    assert law.pace(0.06) == law.pace(end)
+
+
+def test_first_contacts_verdict_does_not_shorten_a_closed_limits_hold() -> None:
+    """The first contact's verdict ends the first contact's own wait, never a closed-limit
+    hold set while it was judging (the sixth probe of a closed limit came 1 s after the
+    fifth instead of 16 s).
+    """
+    law = Law(max_concurrency=64)
+    for _ in range(8):
+        law.sent(0.0)
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)  # judging: 7 answers of 8
+    law.hold.until, law.hold.reason = 10.0, "blocked"  # a closed limit's hold meanwhile
+    law.refused(0.06, 0.0, Refusal.THROTTLE, None)  # the eighth, a round trip on: the verdict
+    assert not law.judging
+    assert law.wait_for_hold(0.07) == pytest.approx(10.0 - 0.07)
