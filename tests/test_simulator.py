@@ -157,3 +157,34 @@ def test_the_heat_map_is_valid_svg_with_one_box_per_result_and_figure() -> None:
     assert reddish(fill("fixed 20/s headers", "wall"))
     assert reddish(fill("fixed 20/s headers", "refused"))
     assert fill("random 429 5% RA 0", "refused") == "#eeeeee"  # not judged on it
+
+
+def test_the_first_burst_holds_what_was_admitted_before_a_refusal_was_known() -> None:
+    """A bucket of 1/s (a burst of 1): slow start sends two more on the burst's one success
+    before the seven 429s that came with it are processed. They arrive the instant the first
+    refusal is known, but their client did not know it: they are the first burst, and the
+    refused share after it counts only what was sent knowing.
+    """
+    cells = {c.name: c for c in sim.all_cells()}
+    result = sim.run_cell(cells["bucket 1/s no RA"])
+    end = result.first_burst_end
+    at_end = {i for i, (t, _) in enumerate(result.log) if abs(t - end) < 1e-9}
+    assert at_end  # (requests did arrive at that instant)
+    assert at_end <= result.unaware
+    later = [s for t, s in result.log if t > end + 1e-9]
+    assert result.refused_share == pytest.approx(sum(s != 200 for s in later) / len(later))
+
+
+def test_latency_runs_every_cell_at_that_round_trip(tmp_path: Path) -> None:
+    """``--latency`` runs each chosen cell at that round trip (its row is the cell's at that
+    latency) and says so in the summary.
+    """
+    out = tmp_path / "table.md"
+    name = "50 calls 1/s burst 10"
+    sim.main(["--only", name, "--exact", "--latency", "0.05", "--out", str(out)])
+    lines = out.read_text().splitlines()
+    cell = next(c for c in sim.all_cells() if c.name == name)
+    expected = sim.describe(sim.run_cell(attrs.evolve(cell, latency=0.05)))
+    assert expected in lines
+    assert expected != sim.describe(sim.run_cell(cell))  # (the latency matters here)
+    assert lines[-1].endswith("of 1 cells meet their target (every cell at 50 ms round trip)")
