@@ -364,9 +364,8 @@ class Law:
             # first contact, judging: once its wait ends undecided, at most what got through
             # since the first refusal, and one more (not everyone waiting at once; a fleet
             # stores the pace during the wait, as it will be at its end)
-            start = self._contact_at
-            span = max(now, self.hold.until) - start
-            span = max(span, 2.0 * self.latency, 0.01)
+            since = max(now, self.hold.until) - self._contact_at
+            span = max(since, 2.0 * self.latency, 0.01)
             return max(HEADROOM * (self._contact[2] + 1) / span, self.min_rate)
         if rate is None or self.phase is not Phase.MEASURING:
             return rate
