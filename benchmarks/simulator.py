@@ -240,7 +240,7 @@ class Result:
     #: log's clock (``None``: one latency after the first refusal, as on virtual time, where
     #: the answer takes exactly the latency; a real round trip takes longer).
     first_known: float | None = None
-    #: The log's indexes of requests sent before their client learnt of any refusal (in the
+    #: The log's indexes of requests admitted before their client learnt of any refusal (in the
     #: first burst even if they arrive the instant the first refusal is known).
     unaware: frozenset[int] = frozenset()
 
@@ -328,13 +328,14 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
 
     def handler(flow: Any) -> Callable[[Request], Awaitable[Response]]:
         sent = 0
-        admitted: list[int] = []  # admissions before the client learnt of a refusal
+        admitted: int | None = None  # admissions before the client learnt of a refusal
 
         def learns(method: Callable[..., None], *kinds: Failure) -> Callable[..., None]:
             def learn(ticket: Any, *args: Any, **kwargs: Any) -> None:
+                nonlocal admitted
                 refusal = not kinds or args[0] in kinds  # (a failure: a busy server's 503 only)
-                if refusal and not admitted:
-                    admitted.append(flow.state().requests)
+                if refusal and admitted is None:
+                    admitted = flow.state().requests
                 method(ticket, *args, **kwargs)
 
             return learn
@@ -345,7 +346,7 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
         async def handle(request: Request) -> Response:
             nonlocal sent
             sent += 1  # (requests leave in the order they were admitted)
-            knew = bool(admitted) and sent > admitted[0]
+            knew = admitted is not None and sent > admitted
             await asyncio.sleep(half)
             if not knew:
                 unaware.add(len(server.log))
