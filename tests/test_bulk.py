@@ -217,9 +217,14 @@ async def test_rate_limited_server_settles_with_few_429s() -> None:
 
 
 async def test_the_gate_learns_the_servers_rate() -> None:
-    """After a run against a token bucket, the client's pace is near the bucket's rate."""
-    faults = Faults(rate_limit=300, burst=10, rate_limit_retry_after=0.02)
-    async with FakeDatasetsServer(datasets=900, faults=faults, record_requests=False) as fake:
+    """After a run against a token bucket, the client's pace is near the bucket's rate.
+
+    100/s, not more: what the law measures is what got through, so at 300/s a CI machine
+    whose cores are busy with other tests made the client itself the bottleneck (it learnt
+    140/s once); at 100/s the client has room to spare even then.
+    """
+    faults = Faults(rate_limit=100, burst=10, rate_limit_retry_after=0.02)
+    async with FakeDatasetsServer(datasets=400, faults=faults, record_requests=False) as fake:
         updates = [DatasetUpdate(i, name="rl") for i in fake.dataset_ids]
         async with fake.client(retry=FAST_RETRY) as client:
             report = await client.patch_all(updates, concurrency=64)
@@ -227,7 +232,7 @@ async def test_the_gate_learns_the_servers_rate() -> None:
         assert report.ok
         assert state.pacing == "measured"
         assert state.rate is not None
-        assert 150 <= state.rate <= 400
+        assert 50 <= state.rate <= 133
         # (while measuring, the pace follows the clock: read a moment apart, they differ a bit)
         assert report.final_rate == pytest.approx(state.rate, rel=0.05)
 
