@@ -60,6 +60,7 @@ NOISE_SPREAD = 3.0  # ... or a count within this many standard deviations of it 
 ADMITTED_SUCCESSES = 16  # the latest successes, over at most ...
 ADMITTED_SPAN = 2.0  # ... this many seconds, say how fast the server admitted lately
 ADMITTED_SENDS = 8  # ... or over this many of the pace's intervals, if longer
+COUNTED_STEPS = 64  # a quota's span is remembered in this many steps of its successes
 UNSEEN_WAIT = 0.05  # seconds a spent quota waits for answers in flight before looking again
 MIN_RATE = 0.5  # requests per second: the slowest pace (a default of the gate)
 BUDGET_REFUND = 1.0  # tokens an answered request gives back to the retry budget
@@ -126,15 +127,16 @@ class QuotaReader:
         self._asking = False  # after a reset: the next reading is the new window's
         self._least = math.inf  # the least ``remaining`` read in this window
         self._unseen = 0  # requests in flight at the last reading: their answers may tell more
+        self._counted: deque[float] = deque()  # when successes were counted, a span's worth
 
     @property
     def active(self) -> bool:
         return self.rate is not None or self.left is not None
 
-    def read(self, now: float, limits: RateLimits, in_flight: int) -> None:
+    def read(self, now: float, limits: RateLimits, in_flight: int, refused: bool = False) -> None:
         """An answer's headers, with ``in_flight`` of ours sent and not answered (the server
         may not have counted them yet, or counted them already: either way they are spent, until
-        their own answers tell better).
+        their own answers tell better). ``refused``: the answer was a 429.
         """
         remaining = limits.remaining
         if remaining is None:
@@ -148,6 +150,14 @@ class QuotaReader:
             self.reset_at = now + 1.0
             return
         self._longest = max(self._longest, reset)
+        if not refused:
+            # when the quota counted our successes (the answer's time: a little late, which
+            # is the safe side), to a 64th of its span
+            counted = self._counted
+            if not counted or now - counted[-1] >= reset / COUNTED_STEPS:
+                counted.append(now)
+            while len(counted) > 1 and counted[1] <= now - self._longest:
+                counted.popleft()
         previous = self._last_reset
         if previous is None:
             self._last_reset = (now, reset)
@@ -164,6 +174,17 @@ class QuotaReader:
             self.rate = HEADROOM * quota / reset
             self.left = None if left > 0 else 0.0
             self.reset_at = now + (reset / quota if quota > 0 else reset)
+            if refused and remaining <= 0:
+                # refused with nothing left (a bucket would have refilled a request's share
+                # by now): the quota frees what it counted a span after it counted it (a
+                # sliding window spent at once frees nothing for most of a span; asking every
+                # share was refused again and again), so nothing leaves before the oldest
+                # success of the last span ages out, and never after the reset
+                span = self._longest
+                oldest = next((t for t in self._counted if t > now - span), None)
+                if oldest is not None:
+                    self.reset_at = max(self.reset_at, now + min(reset, oldest + span - now))
+                self._unseen = 0
         else:
             # a fixed window (or not known yet): what remains may leave now. Answers come
             # back out of order: within one window, the least that remains is the server's
@@ -585,14 +606,16 @@ class Law:
         self._pending = kind
         self._decide(now)
 
-    def read_limits(self, now: float, limits: RateLimits, in_flight: int) -> None:
+    def read_limits(
+        self, now: float, limits: RateLimits, in_flight: int, refused: bool = False
+    ) -> None:
         """An answer's quota headers (if any): with them the headers pace, not refusals.
-        ``in_flight``: requests sent and not answered.
+        ``in_flight``: requests sent and not answered; ``refused``: the answer was a 429.
         """
         if limits.remaining is None:
             return
         self._tick(now)
-        self.quota.read(now, limits, in_flight)  # (its own time: a reset counts from it)
+        self.quota.read(now, limits, in_flight, refused)  # (its own time: a reset counts from it)
         if self.quota.active and self.phase is not Phase.HEADERS:
             self.phase = Phase.HEADERS
             self.hold = Hold()

@@ -730,6 +730,31 @@ def test_quota_headers_count_what_is_in_flight_now_not_when_last_read() -> None:
     assert quota.blocks(1.02) == pytest.approx(30.0)  # spent, nothing in flight: the reset
 
 
+def test_a_spent_sliding_window_is_asked_again_when_its_oldest_success_ages_out() -> None:
+    """A refilling quota (the reset stays put: a sliding window, a bucket) with nothing left
+    waits a request's share of the reset: a bucket refills by then. A request refused after
+    that share waits until the oldest success the quota counted in its span ages out. Asking
+    every share (16 ms for 60 a second) was refused four to six times in a row on a loaded
+    machine, where a sliding window had been spent at once.
+    """
+    quota = QuotaReader()
+    window = RateLimits(limit=60, remaining=59, reset=1.0)
+    quota.read(10.0, window, 0)
+    for i in range(1, 4):  # the reset does not count down: a refilling quota
+        quota.read(10.0 + 0.1 * i, attrs.evolve(window, remaining=59 - i), 0)
+    assert quota.rate is not None
+    quota.read(10.33, attrs.evolve(window, remaining=0), 0)
+    assert quota.blocks(10.33) == pytest.approx(1.0 / 60)  # a share: a bucket refills
+    quota.read(10.35, attrs.evolve(window, remaining=0, reset=0.97), 0, True)
+    assert quota.blocks(10.35) == pytest.approx(0.65)  # when the success at 10.0 ages out
+    quota.read(11.0, attrs.evolve(window, remaining=0), 0)  # it did: one more got through
+    assert quota.blocks(11.0) == pytest.approx(1.0 / 60)
+    quota.read(11.02, attrs.evolve(window, remaining=0, reset=0.98), 0, True)
+    assert quota.blocks(11.02) == pytest.approx(0.08)  # the next, counted at 10.1
+    quota.read(13.0, attrs.evolve(window, remaining=0), 0, True)
+    assert quota.blocks(13.0) == pytest.approx(1.0 / 60)  # nothing of ours counted: a share
+
+
 def test_a_fixed_windows_quota_is_spent_as_it_opens() -> None:
     """Once the reset is seen to count down (a fixed window), what remains leaves at once,
     not spread over the time to the reset: 50 callers with 95 left are all sent now.
