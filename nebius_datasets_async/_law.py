@@ -121,7 +121,7 @@ class QuotaReader:
         self.rate: float | None = None  # a refilling quota's pace
         self.left: float | None = None  # requests that may leave before the reset
         self.reset_at = -math.inf  # when the window's quota is whole again
-        self._last_reset: tuple[float, float] | None = None
+        self._last_reset: tuple[float, float, int] | None = None  # when, reset, remaining
         self._fixed = 0  # > 0: the reset counts down (a fixed window); < 0: it refills
         self._longest = 0.0  # the longest reset seen (a fixed window's whole span)
         self._asking = False  # after a reset: the next reading is the new window's
@@ -160,20 +160,30 @@ class QuotaReader:
                 counted.popleft()
         previous = self._last_reset
         if previous is None:
-            self._last_reset = (now, reset)
+            self._last_reset = (now, reset, remaining)
         elif now - previous[0] >= previous[1] and reset >= 0.9 * self._longest:
-            self._last_reset = (now, reset)  # a fresh window after that one: compare from here
+            # a fresh window after that one: compare from here
+            self._last_reset = (now, reset, remaining)
         elif now - previous[0] >= max(0.1, 0.1 * previous[1]):
             elapsed = now - previous[0]
-            counted_down = abs(previous[1] - elapsed - reset) <= 0.25 * elapsed
+            # (a bucket's reset, when it is full again, counts down too while it refills,
+            # but what remains grows meanwhile; within a fixed window it only falls)
+            counted_down = (
+                abs(previous[1] - elapsed - reset) <= 0.25 * elapsed and remaining <= previous[2]
+            )
             self._fixed = max(-3, min(3, self._fixed + (1 if counted_down else -1)))
-            self._last_reset = (now, reset)
+            self._last_reset = (now, reset, remaining)
         if self._fixed < 0:
-            # a refilling quota: its limit over its span, or what remains over the reset
-            quota = float(limits.limit) if limits.limit is not None else max(left, 1.0)
-            self.rate = HEADROOM * quota / reset
+            # a refilling quota: its limit over its span (the longest reset seen: a bucket's
+            # reset says when it is full again, less than the span unless it is empty), or
+            # what remains over the reset when no limit is sent
+            if limits.limit is not None:
+                quota, span = float(limits.limit), self._longest
+            else:
+                quota, span = max(left, 1.0), reset
+            self.rate = HEADROOM * quota / span
             self.left = None if left > 0 else 0.0
-            self.reset_at = now + (reset / quota if quota > 0 else reset)
+            self.reset_at = now + (span / quota if quota > 0 else reset)
             if refused and remaining <= 0:
                 # refused with nothing left (a bucket would have refilled a request's share
                 # by now): the quota frees what it counted a span after it counted it (a

@@ -755,6 +755,44 @@ def test_a_spent_sliding_window_is_asked_again_when_its_oldest_success_ages_out(
     assert quota.blocks(13.0) == pytest.approx(1.0 / 60)  # nothing of ours counted: a share
 
 
+def test_a_buckets_reset_counts_down_as_it_refills_but_it_is_no_fixed_window() -> None:
+    """A bucket whose reset says when it is full again counts down while it refills, as a
+    fixed window's does; but what remains grows meanwhile, which it never does within a
+    fixed window. Taken for a fixed window, the bucket was spent at once, as a window's
+    quota is (bucket 100/s burst 50 with headers: 27% refused).
+    """
+    quota = QuotaReader()
+    bucket = RateLimits(limit=50, remaining=10, reset=0.4)
+    for i in range(4):  # 0.1 s apart: 10 more tokens each time, the reset 0.1 s nearer
+        quota.read(
+            1.0 + 0.1 * i, attrs.evolve(bucket, remaining=10 + 10 * i, reset=0.4 - 0.1 * i), 0
+        )
+    assert quota.rate is not None  # a refilling quota: paced, not spent at once
+    window = QuotaReader()
+    for i in range(4):  # a fixed window: the same countdown, what remains only falls
+        window.read(
+            1.0 + 0.1 * i, attrs.evolve(bucket, remaining=40 - 10 * i, reset=0.4 - 0.1 * i), 0
+        )
+    assert window.rate is None
+    assert window.left == 10
+
+
+def test_a_refilling_quota_is_paced_at_its_limit_over_its_longest_reset() -> None:
+    """A bucket's reset says when it is full again: near empty it is a little under the time
+    it takes to fill from empty, so its limit over the reset paced 10-20% over the bucket's
+    rate (bucket 10/s with headers at 50 ms: 5% refused). The longest reset seen is the span.
+    """
+    quota = QuotaReader()
+    bucket = RateLimits(limit=10, remaining=0, reset=1.0)
+    quota.read(1.0, bucket, 0)  # empty: a whole span to fill
+    for i in range(1, 4):  # then paced near empty: the reset 0.9, and it does not count down
+        quota.read(1.0 + 0.1 * i, attrs.evolve(bucket, remaining=1, reset=0.9), 0)
+    assert quota.rate == pytest.approx(0.97 * 10 / 1.0)
+    assert quota.blocks(1.3) == 0.0
+    quota.read(1.31, attrs.evolve(bucket, reset=0.91), 0)
+    assert quota.blocks(1.31) == pytest.approx(0.1)  # nothing left: one token's time
+
+
 def test_a_fixed_windows_quota_is_spent_as_it_opens() -> None:
     """Once the reset is seen to count down (a fixed window), what remains leaves at once,
     not spread over the time to the reset: 50 callers with 95 left are all sent now.
