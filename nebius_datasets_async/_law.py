@@ -181,7 +181,9 @@ class QuotaReader:
                 quota, span = float(limits.limit), self._longest
             else:
                 quota, span = max(left, 1.0), reset
-            self.rate = HEADROOM * quota / span
+            # (no headroom: what remains is the server's own count, and when nothing does,
+            # the pace waits; 3% under the limit made a 60 s run 1.9 s longer)
+            self.rate = quota / span
             self.left = None if left > 0 else 0.0
             self.reset_at = now + (span / quota if quota > 0 else reset)
             if refused and remaining <= 0:
@@ -348,6 +350,9 @@ class Law:
         self._limit_seen = math.inf  # the pace at which the last rate signal came
         self._probe_pace: float | None = None  # blocked: one request a hold
         self._probe_refused = -math.inf  # when the last refused probe was sent
+        self._reopen_gap: float | None = (
+            None  # a closed limit reopened: from its last refused probe
+        )
         # first contact: answers received in the round trip after the first refusal
         self._contact_at: float | None = None
         self._contact = [0, 0, 0]  # answers, refused, successes
@@ -515,6 +520,7 @@ class Law:
             self.rate = max(2.0 * self._probe_pace, self.min_rate)
             self.phase = Phase.SEARCHING
             self._after_block = True
+            self._reopen_gap = sent_at - self._probe_refused  # (inf: no probe was refused)
             self._trials.pop(Refusal.THROTTLE, None)
             self._window_reopened(sent_at)
         self._probe_pace = None
@@ -595,6 +601,22 @@ class Law:
                 wait = min(wait, max(FIRST_BACKOFF, self._window_span / WINDOW_STEPS))
             self._close(now, wait, "blocked")
             self._probe_refused = sent_at
+        elif kind is Refusal.THROTTLE and self._only_the_probe_passed(sent_at):
+            # The closed limit that reopened let only its probe through before the search
+            # from it was refused: no window, but a limit that refills about one request in
+            # the time from its last refused probe to the one that passed (a bucket of 30 a
+            # minute). Hold at that; searching on, then measuring down from the search's
+            # pace, cost four refusals at 0.5/s.
+            gap = self._reopen_gap or math.inf
+            self._limit_seen = 1.0 / gap
+            self.rate = max(HEADROOM / gap, self.min_rate)
+            self.phase = Phase.HOLDING
+            self._after_block = False
+            self._reopen_gap = None
+            self._trials.pop(Refusal.THROTTLE, None)
+            self._last_signal = now
+            self._pending = None
+            self._decided(now)  # (this refusal, and those of requests sent before it)
 
         if self._contact_at is not None and kind is Refusal.THROTTLE:
             if at >= self._contact_at:
@@ -697,6 +719,19 @@ class Law:
             return False
         self._close(now, reopens - now, "window")
         return True
+
+    def _only_the_probe_passed(self, sent_at: float) -> bool:
+        """A request sent after a closed limit reopened, searching up from the probe that
+        passed, while no other request has passed since: only a finite gap tells a rate."""
+        gap = self._reopen_gap
+        return (
+            gap is not None
+            and gap < math.inf
+            and self._after_block
+            and self.phase is Phase.SEARCHING
+            and sent_at >= self._window_from
+            and self._window_oks <= 1
+        )
 
     def _close(self, now: float, wait: float, reason: str) -> None:
         """The limit is closed: everyone waits ``wait``, then one request a hold asks whether

@@ -511,7 +511,9 @@ def test_a_round_is_noise_within_what_chance_gives_the_learned_share() -> None:
 
 
 def test_quota_headers_pace_without_probing() -> None:
-    """A quota that refills (a reset that stays about its span) paces at limit over reset."""
+    """A quota that refills (a reset that stays about its span) paces at limit over reset,
+    with no headroom (what remains is the server's own count).
+    """
 
     async def body() -> None:
         flow = make()
@@ -521,7 +523,7 @@ def test_quota_headers_pace_without_probing() -> None:
             flow.on_answer(t, RateLimits(remaining=500, limit=1000, reset=10.0))
         state = flow.state()
         assert state.pacing == "headers"
-        assert state.rate == pytest.approx(0.97 * 100, rel=0.01)
+        assert state.rate == pytest.approx(100.0)
 
     virtual(body)
 
@@ -610,6 +612,43 @@ def test_a_probes_refusal_is_not_judged_again_when_the_limit_opens() -> None:
     law.answered(3.05, 3.03)  # the next passes: a window reopened
     assert law.phase is Phase.SEARCHING
     assert law.pace(3.05) == pytest.approx(2.0 / (2.0 * FIRST_BACKOFF))  # twice the probes'
+
+
+def test_a_closed_limit_that_reopens_for_its_probe_alone_refills_one_request_a_probe() -> None:
+    """A closed limit whose probe passes reopened like a window; but if the search up from it
+    is refused before any other request passed, it was no window: a limit that refills
+    about one request from its last refused probe to the one that passed (a bucket of 30 a
+    minute). The law holds at that, instead of measuring down from the search's pace (four
+    refusals at 0.5/s).
+    """
+    law = Law(max_concurrency=64, min_rate=0.1)
+    law.answered(0.02, 0.0)
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    law.refused(0.05, 0.03, Refusal.THROTTLE, None)  # closed
+    law.refused(1.02, 1.0, Refusal.THROTTLE, None)  # a probe: still closed
+    law.answered(3.05, 3.03)  # the next passes, 2.03 s after the refused one
+    assert law.phase is Phase.SEARCHING
+    law.refused(4.05, 4.03, Refusal.THROTTLE, None)  # the search's next is refused
+    assert law.phase is Phase.HOLDING
+    assert law.pace(4.05) == pytest.approx(HEADROOM / 2.03)
+    law.refused(4.06, 4.04, Refusal.THROTTLE, None)  # sent before that: the same signal
+    assert law.pace(4.06) == pytest.approx(HEADROOM / 2.03)
+
+
+def test_a_window_that_reopens_with_more_than_its_probe_is_searched() -> None:
+    """The same closed limit, when a second request passes after the probe: a window with
+    a quota reopened; a refusal then is the search's own (a cut), not one request a probe."""
+    law = Law(max_concurrency=64)
+    law.answered(0.02, 0.0)
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    law.refused(0.05, 0.03, Refusal.THROTTLE, None)
+    law.refused(1.02, 1.0, Refusal.THROTTLE, None)
+    law.answered(3.05, 3.03)
+    law.answered(3.6, 3.55)  # another passed: more than the probe
+    law.refused(4.05, 4.03, Refusal.THROTTLE, None)
+    assert law.pace(4.05) != pytest.approx(HEADROOM / 2.03)
 
 
 def test_a_search_at_most_doubles_with_one_success() -> None:
@@ -787,7 +826,7 @@ def test_a_refilling_quota_is_paced_at_its_limit_over_its_longest_reset() -> Non
     quota.read(1.0, bucket, 0)  # empty: a whole span to fill
     for i in range(1, 4):  # then paced near empty: the reset 0.9, and it does not count down
         quota.read(1.0 + 0.1 * i, attrs.evolve(bucket, remaining=1, reset=0.9), 0)
-    assert quota.rate == pytest.approx(0.97 * 10 / 1.0)
+    assert quota.rate == pytest.approx(10 / 1.0)
     assert quota.blocks(1.3) == 0.0
     quota.read(1.31, attrs.evolve(bucket, reset=0.91), 0)
     assert quota.blocks(1.31) == pytest.approx(0.1)  # nothing left: one token's time
