@@ -114,7 +114,8 @@ class QuotaReader:
     A reset that counts down with the clock is a fixed window: what remains is spread over the
     time to the reset, and nothing leaves when nothing remains. A reset that
     stays about constant is a quota that refills as it goes (a sliding window, a bucket): pace
-    at ``limit`` over the reset, or at what remains over it when no limit is sent.
+    at ``limit`` over the longest reset seen, or at what remains over the reset when no limit
+    is sent.
     """
 
     def __init__(self) -> None:
@@ -128,6 +129,8 @@ class QuotaReader:
         self._least = math.inf  # the least ``remaining`` read in this window
         self._unseen = 0  # requests in flight at the last reading: their answers may tell more
         self._counted: deque[float] = deque()  # when successes were counted, a span's worth
+        self._refused_until = -math.inf  # a refilling quota's 429: nothing leaves before
+        self._limit: int | None = None  # the last limit read (a new one: a new span)
 
     @property
     def active(self) -> bool:
@@ -149,12 +152,14 @@ class QuotaReader:
             self.left = left if left <= 0 else None
             self.reset_at = now + 1.0
             return
+        if limits.limit != self._limit:
+            self._limit, self._longest = limits.limit, 0.0  # another quota: learn its span
         self._longest = max(self._longest, reset)
         if not refused:
             # when the quota counted our successes (the answer's time: a little late, which
             # is the safe side), to a 64th of its span
             counted = self._counted
-            if not counted or now - counted[-1] >= reset / COUNTED_STEPS:
+            if not counted or now - counted[-1] >= self._longest / COUNTED_STEPS:
                 counted.append(now)
             while len(counted) > 1 and counted[1] <= now - self._longest:
                 counted.popleft()
@@ -177,15 +182,16 @@ class QuotaReader:
             # a refilling quota: its limit over its span (the longest reset seen: a bucket's
             # reset says when it is full again, less than the span unless it is empty), or
             # what remains over the reset when no limit is sent
-            if limits.limit is not None:
-                quota, span = float(limits.limit), self._longest
+            if limits.limit is not None:  # (a limit of 0: one request a span asks again)
+                quota, span = max(float(limits.limit), 1.0), self._longest
             else:
                 quota, span = max(left, 1.0), reset
             # (no headroom: what remains is the server's own count, and when nothing does,
             # the pace waits; 3% under the limit made a 60 s run 1.9 s longer)
             self.rate = quota / span
             self.left = None if left > 0 else 0.0
-            self.reset_at = now + (span / quota if quota > 0 else reset)
+            # (not sooner than a 429 said: a success in flight when it came does not end it)
+            self.reset_at = max(now + span / quota, self._refused_until)
             if refused and remaining <= 0:
                 # refused with nothing left (a bucket would have refilled a request's share
                 # by now): the quota frees what it counted a span after it counted it (a
@@ -196,6 +202,7 @@ class QuotaReader:
                 oldest = next((t for t in self._counted if t > now - span), None)
                 if oldest is not None:
                     self.reset_at = max(self.reset_at, now + min(reset, oldest + span - now))
+                    self._refused_until = self.reset_at
                 self._unseen = 0
         else:
             # a fixed window (or not known yet): what remains may leave now. Answers come
@@ -520,7 +527,9 @@ class Law:
             self.rate = max(2.0 * self._probe_pace, self.min_rate)
             self.phase = Phase.SEARCHING
             self._after_block = True
-            self._reopen_gap = sent_at - self._probe_refused  # (inf: no probe was refused)
+            # (from the last refused probe, if it was sent before this one)
+            gap = sent_at - self._probe_refused
+            self._reopen_gap = gap if 0 < gap < math.inf else None
             self._trials.pop(Refusal.THROTTLE, None)
             self._window_reopened(sent_at)
         self._probe_pace = None
@@ -608,8 +617,8 @@ class Law:
             # minute). Hold at that; searching on, then measuring down from the search's
             # pace, cost four refusals at 0.5/s.
             gap = self._reopen_gap or math.inf
-            self._limit_seen = 1.0 / gap
             self.rate = max(HEADROOM / gap, self.min_rate)
+            self._limit_seen = self.rate / HEADROOM
             self.phase = Phase.HOLDING
             self._after_block = False
             self._reopen_gap = None
@@ -726,7 +735,7 @@ class Law:
         gap = self._reopen_gap
         return (
             gap is not None
-            and gap < math.inf
+            and 0 < gap < math.inf
             and self._after_block
             and self.phase is Phase.SEARCHING
             and sent_at >= self._window_from
@@ -745,7 +754,8 @@ class Law:
             self.rate = before or self.min_rate
         self._enter_measuring(now, before)
         if self._probe_pace is None:
-            self._blocked_since = now
+            # a new closed spell: a probe refused in an earlier one tells nothing of it
+            self._blocked_since, self._probe_refused = now, -math.inf
         self._probe_pace = 1.0 / max(wait, 1e-3)  # one request a hold, until one passes
         self._last_signal = now
         self._pending = None

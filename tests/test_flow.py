@@ -21,6 +21,7 @@ from nebius_datasets_async import (
     RateLimitError,
 )
 from nebius_datasets_async._law import (
+    COUNTED_STEPS,
     FIRST_BACKOFF,
     HEADROOM,
     NOISE_MOST,
@@ -639,7 +640,7 @@ def test_a_closed_limit_that_reopens_for_its_probe_alone_refills_one_request_a_p
 def test_a_window_that_reopens_with_more_than_its_probe_is_searched() -> None:
     """The same closed limit, when a second request passes after the probe: a window with
     a quota reopened; a refusal then is the search's own (a cut), not one request a probe."""
-    law = Law(max_concurrency=64)
+    law = Law(max_concurrency=64, min_rate=0.1)
     law.answered(0.02, 0.0)
     for _ in range(7):
         law.refused(0.02, 0.0, Refusal.THROTTLE, None)
@@ -648,7 +649,27 @@ def test_a_window_that_reopens_with_more_than_its_probe_is_searched() -> None:
     law.answered(3.05, 3.03)
     law.answered(3.6, 3.55)  # another passed: more than the probe
     law.refused(4.05, 4.03, Refusal.THROTTLE, None)
-    assert law.pace(4.05) != pytest.approx(HEADROOM / 2.03)
+    assert law.phase is Phase.MEASURING
+    assert law.rate is not None
+    assert law.rate > 0.6
+
+
+def test_a_probe_answered_after_a_later_ones_refusal_tells_no_refill_time() -> None:
+    """The probe that passed may have been sent before the last refused one (its answer came
+    later): no time between them says how fast the limit refills, and a search refused next
+    is cut as any search is (a negative gap made the limit last met negative, and the law
+    then probed ever faster)."""
+    law = Law(max_concurrency=64, min_rate=0.1)
+    law.answered(0.02, 0.0)
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    law.refused(0.05, 0.03, Refusal.THROTTLE, None)  # closed
+    law.refused(2.3, 2.05, Refusal.THROTTLE, None)  # a probe sent at 2.05: refused
+    law.answered(3.5, 1.05)  # one sent at 1.05 passes, slowly
+    law.refused(4.05, 4.03, Refusal.THROTTLE, None)
+    assert law.phase is Phase.MEASURING
+    assert law.rate is not None
+    assert law.rate > 0.6
 
 
 def test_a_search_at_most_doubles_with_one_success() -> None:
@@ -786,12 +807,54 @@ def test_a_spent_sliding_window_is_asked_again_when_its_oldest_success_ages_out(
     assert quota.blocks(10.33) == pytest.approx(1.0 / 60)  # a share: a bucket refills
     quota.read(10.35, attrs.evolve(window, remaining=0, reset=0.97), 0, True)
     assert quota.blocks(10.35) == pytest.approx(0.65)  # when the success at 10.0 ages out
+    quota.read(10.36, attrs.evolve(window, remaining=0), 0)  # a success that was in flight
+    assert quota.blocks(10.36) == pytest.approx(0.64)  # does not end that wait
     quota.read(11.0, attrs.evolve(window, remaining=0), 0)  # it did: one more got through
     assert quota.blocks(11.0) == pytest.approx(1.0 / 60)
     quota.read(11.02, attrs.evolve(window, remaining=0, reset=0.98), 0, True)
     assert quota.blocks(11.02) == pytest.approx(0.08)  # the next, counted at 10.1
     quota.read(13.0, attrs.evolve(window, remaining=0), 0, True)
     assert quota.blocks(13.0) == pytest.approx(1.0 / 60)  # nothing of ours counted: a share
+
+
+def test_a_quotas_counted_successes_stay_a_few_dozen_whatever_the_rate() -> None:
+    """The successes a refilling quota keeps are a span's worth in steps of its 64th: at
+    250 answers a second on a minute's quota, a few dozen times, not thousands."""
+    quota = QuotaReader()
+    window = RateLimits(limit=60_000, remaining=30_000, reset=60.0)
+    for i in range(30_000):  # two minutes of answers 4 ms apart, the reset short at times
+        t = 1.0 + 0.004 * i
+        quota.read(t, attrs.evolve(window, reset=60.0 if i % 2 else 0.01), 0)
+    assert len(quota._counted) <= COUNTED_STEPS + 1
+
+
+def test_the_gate_tells_the_quota_which_answers_were_refused() -> None:
+    """A 429's quota headers reach the law as a refusal (a spent sliding window then waits
+    for its oldest success to age out), a success's as a success (a request's share)."""
+
+    async def body() -> None:
+        flow = make(initial_concurrency=64)
+        window = RateLimits(limit=60, remaining=59, reset=1.0)
+        first = now()
+        for i in range(4):  # a refilling quota: the reset stays put
+            ticket = await flow.admit()
+            flow.on_answer(ticket, attrs.evolve(window, remaining=59 - i))
+            await asyncio.sleep(0.1)
+        ticket = await flow.admit()
+        flow.on_throttle(ticket, None, attrs.evolve(window, remaining=0, reset=0.9))
+        assert flow.law.wait_for_hold(now()) == pytest.approx(first + 1.0 - now())  # 0.6 s
+
+    virtual(body)
+
+
+def test_a_quota_whose_limit_is_zero_asks_once_a_span() -> None:
+    """``x-ratelimit-limit-requests: 0`` made a pace of 0 requests/s, and the gate divided
+    by it; it asks once a span instead."""
+    quota = QuotaReader()
+    for i in range(4):
+        quota.read(1.0 + 0.1 * i, RateLimits(limit=0, remaining=0, reset=2.0), 0)
+    assert quota.rate == pytest.approx(0.5)
+    assert quota.blocks(1.3) == pytest.approx(2.0)
 
 
 def test_a_buckets_reset_counts_down_as_it_refills_but_it_is_no_fixed_window() -> None:

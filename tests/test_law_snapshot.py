@@ -96,7 +96,7 @@ def drive(law: Law, seed: int = 7, until: float = 40.0) -> list[Step]:
             elif outcome == "busy":
                 step("refused", t, sent_at, Refusal.BUSY, None)
             else:
-                step("read_limits", t, limits, len(pending))
+                step("read_limits", t, limits, len(pending), True)
                 if outcome == "pause":
                     step("hold_all", t, retry_after)
                 step("refused", t, sent_at, Refusal.THROTTLE, retry_after)
