@@ -129,7 +129,7 @@ class QuotaReader:
         self._least = math.inf  # the least ``remaining`` read in this window
         self._unseen = 0  # requests in flight at the last reading: their answers may tell more
         self._counted: deque[float] = deque()  # when successes were counted, a span's worth
-        self._refused_until = -math.inf  # a refilling quota's 429: nothing leaves before
+        self._refused_until = -math.inf  # a refilling quota's 429: nothing leaves sooner
         self._limit: int | None = None  # the last limit read (a new one: a new span)
 
     @property
@@ -357,9 +357,7 @@ class Law:
         self._limit_seen = math.inf  # the pace at which the last rate signal came
         self._probe_pace: float | None = None  # blocked: one request a hold
         self._probe_refused = -math.inf  # when the last refused probe was sent
-        self._reopen_gap: float | None = (
-            None  # a closed limit reopened: from its last refused probe
-        )
+        self._reopen_gap: float | None = None  # last refused probe to the one that passed
         # first contact: answers received in the round trip after the first refusal
         self._contact_at: float | None = None
         self._contact = [0, 0, 0]  # answers, refused, successes
