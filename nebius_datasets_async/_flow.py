@@ -578,7 +578,7 @@ class FlowControl:
             law = self._law
             held = now + law.wait_for_hold(now)
             if limits.remaining is not None:
-                law.read_limits(now, limits, self._active, True)
+                law.read_limits(now, limits, self._active, refused=True)
             if pause and retry_after is not None:
                 law.hold_all(now, retry_after)
             law.refused(now, ticket.admitted_at, Refusal.THROTTLE, retry_after)

@@ -736,7 +736,7 @@ class RedisFlowControl:
             fleet = self._fleet
             if limits.remaining is not None:
                 in_flight = self._local.state().in_flight - 1
-                fleet.record(Law.read_limits, now, limits, in_flight, True)
+                fleet.record(Law.read_limits, now, limits, in_flight, True)  # (refused)
             if pause and retry_after is not None:
                 fleet.record(Law.hold_all, now, retry_after)
             fleet.record(Law.refused, now, sent_at, Refusal.THROTTLE, retry_after, urgent=True)
