@@ -608,13 +608,12 @@ class Law:
                 wait = min(wait, max(FIRST_BACKOFF, self._window_span / WINDOW_STEPS))
             self._close(now, wait, "blocked")
             self._probe_refused = sent_at
-        elif kind is Refusal.THROTTLE and self._only_the_probe_passed(sent_at):
+        elif kind is Refusal.THROTTLE and (gap := self._probe_refill(sent_at)) is not None:
             # The closed limit that reopened let only its probe through before the search
             # from it was refused: no window, but a limit that refills about one request in
             # the time from its last refused probe to the one that passed (a bucket of 30 a
             # minute). Hold at that; searching on, then measuring down from the search's
             # pace, cost four refusals at 0.5/s.
-            gap = self._reopen_gap or math.inf
             self.rate = max(HEADROOM / gap, self.min_rate)
             self._limit_seen = self.rate / HEADROOM
             self.phase = Phase.HOLDING
@@ -727,18 +726,14 @@ class Law:
         self._close(now, reopens - now, "window")
         return True
 
-    def _only_the_probe_passed(self, sent_at: float) -> bool:
-        """A request sent after a closed limit reopened, searching up from the probe that
-        passed, while no other request has passed since: only a finite gap tells a rate."""
-        gap = self._reopen_gap
-        return (
-            gap is not None
-            and 0 < gap < math.inf
-            and self._after_block
-            and self.phase is Phase.SEARCHING
-            and sent_at >= self._window_from
-            and self._window_oks <= 1
-        )
+    def _probe_refill(self, sent_at: float) -> float | None:
+        """For a request sent while searching up from the probe that reopened a closed limit,
+        with no other request through since: the time the limit took to refill that one
+        request (from the last refused probe to the one that passed), if known."""
+        searching = self._after_block and self.phase is Phase.SEARCHING
+        if searching and sent_at >= self._window_from and self._window_oks <= 1:
+            return self._reopen_gap
+        return None
 
     def _close(self, now: float, wait: float, reason: str) -> None:
         """The limit is closed: everyone waits ``wait``, then one request a hold asks whether
