@@ -361,6 +361,10 @@ class Law:
         # first contact: answers received in the round trip after the first refusal
         self._contact_at: float | None = None
         self._contact = [0, 0, 0]  # answers, refused, successes
+        # ... and the latest request in flight when it began: judged once its answer came (or
+        # a later one's): a burst's refusals come after its first successes, maybe all at once
+        self._contact_last: float | None = None
+        self._last_sent = -math.inf  # when the latest request left
         self._retry_after: float | None = None  # of the last refusal
         self._contact_waited = False  # first contact restarted after a long Retry-After
         self._reopening = False  # a window reopens after a long Retry-After: not measuring
@@ -482,6 +486,7 @@ class Law:
     def sent(self, now: float) -> None:
         """A request leaves."""
         self.quota.spend()
+        self._last_sent = max(self._last_sent, now)
         if now >= self._window_from:
             started = self._window_started
             spent = started is not None and self.hold.set_at >= started
@@ -539,7 +544,7 @@ class Law:
         if self._contact_at is not None and at >= self._contact_at:
             self._contact[0] += 1
             self._contact[2] += 1
-            self._contacted(now, at)
+            self._contacted(now, at, sent_at)
         if sent_at >= self._last_cut:
             self._round_answers += 1
             if self._pending is not None:
@@ -628,7 +633,7 @@ class Law:
             if at >= self._contact_at:
                 self._contact[0] += 1
                 self._contact[1] += 1
-                self._contacted(now, at)
+                self._contacted(now, at, sent_at)
             return
         if self._reopening and sent_at >= self.hold.until:
             self._reopening = False  # the reopened window is spent: measure again
@@ -827,6 +832,7 @@ class Law:
                 self.slow_start = False
                 self._contact_at = now
                 self._contact = [1, 1, 0]
+                self._contact_last = self._last_sent
                 self._contact_waited = False
                 # nothing more leaves until the answers in flight tell what this was
                 self._hold(now, max(2.0 * self.latency, 0.01), "first contact")
@@ -847,18 +853,23 @@ class Law:
             self._last_signal = now
             self._cut_rate(now)
 
-    def _contacted(self, now: float, at: float) -> None:
+    def _contacted(self, now: float, at: float, sent_at: float) -> None:
         """First contact: once a round trip of answers came since the first refusal, the
         refused share tells a limit (the server's burst is spent: what it admits since is its
         limit) from refusals at random (few, among many successes). ``at``: when the latest
-        of them was answered (a fleet reports answers late: they came over that span).
+        of them was answered (a fleet reports answers late: they came over that span);
+        ``sent_at``: when it was sent.
         """
         start = self._contact_at
         assert start is not None
+        if self._contact_last is not None and sent_at >= self._contact_last:
+            self._contact_last = None  # every request in flight at the first refusal is in
         answers, refused, oks = self._contact
         span = at - start
         if answers < CONTACT_ANSWERS or span < max(self.latency, 0.005):
             return
+        if self._contact_last is not None:
+            return  # (the successes of a burst come first, its refusals maybe just after)
         self._contact_at = None
         share = refused / answers
         if share < CONTACT_SHARE:

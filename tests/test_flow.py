@@ -1128,6 +1128,34 @@ def test_a_first_contact_undecided_when_its_wait_ends_paces_what_leaves() -> Non
     assert law.pace(0.06) == law.pace(end)
 
 
+def test_first_contact_is_judged_once_every_request_in_flight_at_its_start_is_answered() -> None:
+    """A burst's successes are answered before its refusals, which may reach a loaded
+    client's loop some milliseconds later: first contact waits for the answer of the last
+    request in flight when it began. Judged on the successes alone, a bucket at 300/s was
+    taken for noise at 1 refusal in 8, and three more bursts of 50 went out (10% of the run
+    refused).
+    """
+    law = Law(max_concurrency=64)
+    for i in range(30):  # a round of quick successes (10 ms)
+        law.sent(-0.1 + i * 1e-4)
+        law.answered(-0.09 + i * 1e-4, -0.1 + i * 1e-4)
+    early = [i * 1e-4 for i in range(4)]
+    late = [0.02 + i * 1e-4 for i in range(30)]
+    for t in early + late:
+        law.sent(t)
+    law.refused(0.03, early[-1], Refusal.THROTTLE, None)  # the burst is spent
+    assert law.judging
+    for t in early[:-1] + late[:4]:
+        law.answered(0.09, t)  # seven successes, a round trip on
+    assert law.judging  # (not noise at 1 in 8: the rest of the burst is still in flight)
+    for t in late[4:-1]:
+        law.refused(0.1, t, Refusal.THROTTLE, None)
+    law.refused(0.15, late[-1], Refusal.THROTTLE, None)
+    assert not law.judging
+    assert law.phase is Phase.MEASURING
+    assert law.pace(0.15) is not None
+
+
 def test_first_contacts_verdict_does_not_shorten_a_closed_limits_hold() -> None:
     """The first contact's verdict ends the first contact's own wait, never a closed-limit
     hold set while it was judging (the sixth probe of a closed limit came 1 s after the
