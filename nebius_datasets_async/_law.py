@@ -821,22 +821,21 @@ class Law:
         kind = self._pending
         assert kind is not None
         if self.phase is Phase.OPEN and kind is Refusal.THROTTLE and self._contact_at is None:
-            noise = self._noise[kind]
-            if noise < NOISE_FLOOR or self._round_answers >= max(10, min(3 / noise, 100)):
-                if self._noise_verdict(kind):
-                    self._pending = None
-                    self._round_answers = self._round_refused = 0
-                    return
-                # First contact: judge by the answers of the next round trip.
-                self._pending = None
-                self.slow_start = False
-                self._contact_at = now
-                self._contact = [1, 1, 0]
-                self._contact_last = self._last_sent
-                self._contact_waited = False
-                # nothing more leaves until the answers in flight tell what this was
-                self._hold(now, max(2.0 * self.latency, 0.01), "first contact")
+            verdict = self._noise_verdict(kind)
+            if verdict is None:
                 return
+            self._pending = None
+            if verdict:
+                self._round_answers = self._round_refused = 0
+                return
+            # First contact: judge by the answers of the next round trip.
+            self.slow_start = False
+            self._contact_at = now
+            self._contact = [1, 1, 0]
+            self._contact_last = self._last_sent
+            self._contact_waited = False
+            # nothing more leaves until the answers in flight tell what this was
+            self._hold(now, max(2.0 * self.latency, 0.01), "first contact")
             return
         if self._round_answers < ROUND_ANSWERS and not self._telling(kind, now):
             return
@@ -962,13 +961,20 @@ class Law:
         noise = self._noise[kind]
         if noise < NOISE_FLOOR:
             return False
+
+        def most(answers: int) -> float:
+            # within the margin, or within what chance gives that noise in so few answers
+            expected = answers * noise
+            chance = expected + NOISE_SPREAD * math.sqrt(expected * (1.0 - noise)) + 1.0
+            return max(NOISE_MARGIN * expected, chance)
+
+        whole = max(10, min(int(3.0 / noise), 100))  # the answers a round needs ...
+        if self._round_refused > most(whole):
+            return False  # ... unless it already has more refusals than noise gives in them
         n = self._round_answers
-        if n < max(10, min(int(3.0 / noise), 100)):
+        if n < whole:
             return None
-        # within the margin, or within what chance gives that noise in so few answers
-        expected = n * noise
-        chance = expected + NOISE_SPREAD * math.sqrt(expected * (1.0 - noise)) + 1.0
-        return self._round_refused <= max(NOISE_MARGIN * expected, chance)
+        return self._round_refused <= most(n)
 
     def _grow(self, now: float) -> None:
         """A success: leave MEASURING after a quiet spell; probe upward while the pace binds."""

@@ -511,6 +511,25 @@ def test_a_round_is_noise_within_what_chance_gives_the_learned_share() -> None:
     assert not law.judging  # (7 > 2 x 12.5% x 24: the margin alone called it a limit)
 
 
+def test_a_round_with_more_refusals_than_the_learned_noise_gives_is_judged_at_once() -> None:
+    """With 12.5% noise learned (a first contact judged at 1 refused of 8), a round needs 24
+    answers; but nine refusals are more than chance gives that noise in 24: a new first
+    contact begins at the ninth, not after fifteen more answers (a fleet of two at 200/s
+    sent bursts of 30 meanwhile: 5-10% of its requests refused).
+    """
+    law = Law(max_concurrency=64)
+    law._noise[Refusal.THROTTLE] = 0.125
+    t = 1.0
+    for _ in range(30):
+        law.sent(t)
+    law.answered(t + 0.02, t)
+    for k in range(8):
+        law.refused(t + 0.021 + k * 1e-4, t, Refusal.THROTTLE, None)
+        assert not law.judging
+    law.refused(t + 0.022, t, Refusal.THROTTLE, None)  # 9 of 10 answers refused
+    assert law.judging
+
+
 def test_quota_headers_pace_without_probing() -> None:
     """A quota that refills (a reset that stays about its span) paces at limit over reset,
     with no headroom (what remains is the server's own count).
