@@ -360,7 +360,9 @@ class Law:
         self._reopen_gap: float | None = None  # last refused probe to the one that passed
         # first contact: answers received in the round trip after the first refusal
         self._contact_at: float | None = None
-        self._contact = [0, 0, 0]  # answers, refused, successes
+        # answers, refused, successes, and answers to requests that left at its own pace
+        self._contact = [0, 0, 0, 0]
+        self._contact_paced: float | None = None  # when the first of those left
         # ... and the latest request in flight when it began: judged once its answer came (or
         # a later one's): a burst's refusals come after its first successes, maybe all at once
         self._contact_last: float | None = None
@@ -487,6 +489,9 @@ class Law:
         """A request leaves."""
         self.quota.spend()
         self._last_sent = max(self._last_sent, now)
+        contact = self._contact_at is not None and self.hold.reason == "first contact"
+        if contact and self._contact_paced is None and now >= self.hold.until:
+            self._contact_paced = now  # (first contact's wait is over: its pace holds)
         if now >= self._window_from:
             started = self._window_started
             spent = started is not None and self.hold.set_at >= started
@@ -544,6 +549,7 @@ class Law:
         if self._contact_at is not None and at >= self._contact_at:
             self._contact[0] += 1
             self._contact[2] += 1
+            self._contact[3] += self._at_contact_pace(sent_at)
             self._contacted(now, at, sent_at)
         if sent_at >= self._last_cut:
             self._round_answers += 1
@@ -598,7 +604,8 @@ class Law:
                 self._reopening = True
             if self._contact_at is not None and not self._contact_waited:
                 # first contact is judged by what comes after the wait (once)
-                self._contact_at, self._contact = self.hold.until, [0, 0, 0]
+                self._contact_at, self._contact = self.hold.until, [0, 0, 0, 0]
+                self._contact_paced = None
                 self._contact_waited = True
         elif kind is Refusal.THROTTLE and self._window_spent(now, sent_at, retry_after):
             pass  # a guessed window is spent: everyone waits for it to reopen
@@ -633,6 +640,7 @@ class Law:
             if at >= self._contact_at:
                 self._contact[0] += 1
                 self._contact[1] += 1
+                self._contact[3] += self._at_contact_pace(sent_at)
                 self._contacted(now, at, sent_at)
             return
         if self._reopening and sent_at >= self.hold.until:
@@ -831,7 +839,8 @@ class Law:
             # First contact: judge by the answers of the next round trip.
             self.slow_start = False
             self._contact_at = now
-            self._contact = [1, 1, 0]
+            self._contact = [1, 1, 0, 0]
+            self._contact_paced = None
             self._contact_last = self._last_sent
             self._contact_waited = False
             # nothing more leaves until the answers in flight tell what this was
@@ -852,6 +861,10 @@ class Law:
             self._last_signal = now
             self._cut_rate(now)
 
+    def _at_contact_pace(self, sent_at: float) -> bool:
+        """Whether a request left at the first contact's own pace (its wait was over)."""
+        return self._contact_paced is not None and sent_at >= self._contact_paced
+
     def _contacted(self, now: float, at: float, sent_at: float) -> None:
         """First contact: once a round trip of answers came since the first refusal, the
         refused share tells a limit (the server's burst is spent: what it admits since is its
@@ -863,7 +876,7 @@ class Law:
         assert start is not None
         if self._contact_last is not None and sent_at >= self._contact_last:
             self._contact_last = None  # every request in flight at the first refusal is in
-        answers, refused, oks = self._contact
+        answers, refused, oks, paced = self._contact
         span = at - start
         if answers < CONTACT_ANSWERS or span < max(self.latency, 0.005):
             return
@@ -871,6 +884,15 @@ class Law:
             return  # (the successes of a burst come first, its refusals maybe just after)
         self._contact_at = None
         share = refused / answers
+        if share < CONTACT_SHARE and answers - paced < CONTACT_ANSWERS:
+            # Few refused, but too few of them left unpaced: the others left at the first
+            # contact's own pace, which a limit above it does not refuse. Neither noise nor
+            # proof that unpaced is safe: search up from that pace (a refusal on the way is
+            # a rate signal).
+            self.rate = max(HEADROOM * (oks + 1) / span, self.min_rate)
+            self.phase = Phase.SEARCHING
+            self._decided(now)
+            return
         if share < CONTACT_SHARE:
             # refused at random, it seems: no pace; refusals at about this share are noise
             self._noise[Refusal.THROTTLE] = max(self._noise[Refusal.THROTTLE], share)

@@ -1175,6 +1175,33 @@ def test_first_contact_is_judged_once_every_request_in_flight_at_its_start_is_an
     assert law.pace(0.15) is not None
 
 
+def test_a_first_contact_that_passed_at_its_own_pace_searches_up_from_it() -> None:
+    """One refusal, then seven successes that left at the first contact's own pace (what got
+    through since, and one more): a limit above that pace refuses none of them, so this is
+    no proof of random refusals. The law searches up from that pace and learns no noise
+    (before: unpaced, with one refusal in eight learned as noise, so the next bursts' refusals
+    passed as noise; a fleet of two arq workers at 200/s refused 5-10% in 4 runs of 10).
+    """
+    law = Law(max_concurrency=64)
+    for _ in range(8):
+        law.sent(0.0)
+    for _ in range(7):
+        law.answered(0.02, 0.0)
+    law.refused(0.02, 0.0, Refusal.THROTTLE, None)  # the first refusal
+    assert law.judging
+    t = 0.02 + law.wait_for_hold(0.02)
+    for _ in range(7):  # one at a time, at the first contact's pace
+        pace = law.pace(t)
+        assert pace is not None
+        law.sent(t)
+        law.answered(t + 0.02, t)
+        t += 1.0 / pace
+    assert not law.judging
+    assert law.phase is Phase.SEARCHING
+    assert law._noise[Refusal.THROTTLE] == 0.0
+    assert law.pace(t) is not None
+
+
 def test_first_contacts_verdict_does_not_shorten_a_closed_limits_hold() -> None:
     """The first contact's verdict ends the first contact's own wait, never a closed-limit
     hold set while it was judging (the sixth probe of a closed limit came 1 s after the
