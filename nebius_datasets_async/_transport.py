@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import ssl as _ssl
@@ -59,6 +60,15 @@ async def _session_closer(session: aiohttp.ClientSession) -> AsyncGenerator[None
 #: Errors that mean the connection died before any byte of the response arrived: a pooled
 #: connection the server had closed. The request is sent once more, on another connection.
 _DEAD_CONNECTION = (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)
+#: ... and the same from the socket as aiohttp wraps it (``ClientOSError``: a reset by a
+#: server that closed the idle connection as the request went out)
+_DEAD_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE})
+
+
+def _dead_connection(exc: BaseException) -> bool:
+    if isinstance(exc, _DEAD_CONNECTION):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in _DEAD_ERRNOS
 
 
 class AiohttpTransport:
@@ -177,22 +187,22 @@ class AiohttpTransport:
                 ) as resp:
                     body = await self._read_body(request, resp)
                     return Response(resp.status, resp.headers, body)
-            except _DEAD_CONNECTION as exc:
-                if not resent:
-                    resent = True
-                    logger.debug("connection closed before the response; sending again")
-                    continue
-                raise APIConnectionError(
-                    f"{type(exc).__name__}: {exc}", method=request.method, path=request.path
-                ) from None
             except TimeoutError:
                 # Raised from None throughout: aiohttp's exceptions hold the request's headers.
                 raise APITimeoutError(
                     "request timed out", method=request.method, path=request.path
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
+                if not _dead_connection(exc):
+                    raise APIConnectionError(
+                        self._describe(exc), method=request.method, path=request.path
+                    ) from None
+                if not resent:
+                    resent = True
+                    logger.debug("connection closed before the response; sending again")
+                    continue
                 raise APIConnectionError(
-                    self._describe(exc), method=request.method, path=request.path
+                    f"{type(exc).__name__}: {exc}", method=request.method, path=request.path
                 ) from None
 
     def _describe(self, exc: BaseException) -> str:

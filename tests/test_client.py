@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import re
 import types
@@ -10,6 +11,7 @@ import types
 import aiohttp
 import pytest
 from aioresponses import aioresponses
+from yarl import URL
 
 import nebius_datasets_async
 from nebius_datasets_async import (
@@ -25,7 +27,12 @@ from nebius_datasets_async import (
     UnprocessableEntityError,
     __version__,
 )
-from nebius_datasets_async.testing import FakeDatasetsServer, Faults, make_dataset
+from nebius_datasets_async.testing import (
+    AioresponsesResponse,
+    FakeDatasetsServer,
+    Faults,
+    make_dataset,
+)
 
 from .conftest import client_tasks_left
 
@@ -428,6 +435,34 @@ async def test_payload_error_is_mapped_without_a_socket() -> None:
         ) as client:
             with pytest.raises(APIConnectionError, match="ClientPayloadError: truncated"):
                 await client.get_dataset("x")
+
+
+async def test_a_connection_reset_as_aiohttp_wraps_it_is_resent_once() -> None:
+    """uvicorn closing an idle pooled connection as a request goes out reaches the client as
+    aiohttp's ``ClientOSError`` (errno ECONNRESET), not as ``ConnectionResetError``: it is a
+    dead connection too, sent once more at once even with retries off (it failed the call).
+    """
+    url = "https://api.example.com/v1/datasets/x"
+    reset = aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer")
+    with aioresponses() as mocked:
+        mocked.patch(url, exception=reset)
+        mocked.patch(
+            url, payload=make_dataset(0, id="x", name="y"), response_class=AioresponsesResponse
+        )
+        async with DatasetsClient(
+            api_key="k", base_url="https://api.example.com", retry=RetryPolicy.never()
+        ) as client:
+            ds = await client.rename("x", "y")
+        assert ds.name == "y"
+        assert len(mocked.requests[("PATCH", URL(url))]) == 2
+    with aioresponses() as mocked:
+        mocked.patch(url, exception=reset, repeat=True)
+        async with DatasetsClient(
+            api_key="k", base_url="https://api.example.com", retry=RetryPolicy.never()
+        ) as client:
+            with pytest.raises(APIConnectionError, match="Connection reset by peer"):
+                await client.rename("x", "y")
+        assert len(mocked.requests[("PATCH", URL(url))]) == 2  # (once more, not again)
 
 
 async def test_os_error_is_mapped_without_a_socket() -> None:
