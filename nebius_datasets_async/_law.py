@@ -489,9 +489,17 @@ class Law:
         """A request leaves."""
         self.quota.spend()
         self._last_sent = max(self._last_sent, now)
-        contact = self._contact_at is not None and self.hold.reason == "first contact"
-        if contact and self._contact_paced is None and now >= self.hold.until:
-            self._contact_paced = now  # (first contact's wait is over: its pace holds)
+        start = self._contact_at
+        if start is not None and now < start:
+            # first contact's judgement waits for this one too: it left before it began (a
+            # fleet's sends may reach the law after the refusal that began it)
+            last = self._contact_last
+            self._contact_last = now if last is None else max(last, now)
+        elif start is not None and self.hold.reason == "first contact" and now >= self.hold.until:
+            # first contact's wait is over: its pace holds (the earliest such send, whatever
+            # the order a fleet's sends reach the law in)
+            paced = self._contact_paced
+            self._contact_paced = now if paced is None else min(paced, now)
         if now >= self._window_from:
             started = self._window_started
             spent = started is not None and self.hold.set_at >= started

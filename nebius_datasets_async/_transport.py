@@ -193,16 +193,12 @@ class AiohttpTransport:
                     "request timed out", method=request.method, path=request.path
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
-                if not _dead_connection(exc):
-                    raise APIConnectionError(
-                        self._describe(exc), method=request.method, path=request.path
-                    ) from None
-                if not resent:
+                if _dead_connection(exc) and not resent:
                     resent = True
                     logger.debug("connection closed before the response; sending again")
                     continue
                 raise APIConnectionError(
-                    f"{type(exc).__name__}: {exc}", method=request.method, path=request.path
+                    self._describe(exc), method=request.method, path=request.path
                 ) from None
 
     def _describe(self, exc: BaseException) -> str:

@@ -526,7 +526,7 @@ def test_a_round_with_more_refusals_than_the_learned_noise_gives_is_judged_at_on
     for k in range(8):
         law.refused(t + 0.021 + k * 1e-4, t, Refusal.THROTTLE, None)
         assert not law.judging
-    law.refused(t + 0.022, t, Refusal.THROTTLE, None)  # 9 of 10 answers refused
+    law.refused(t + 0.022, t, Refusal.THROTTLE, None)  # 9 refused in a row
     assert law.judging
 
 
@@ -1200,6 +1200,45 @@ def test_a_first_contact_that_passed_at_its_own_pace_searches_up_from_it() -> No
     assert law.phase is Phase.SEARCHING
     assert law._noise[Refusal.THROTTLE] == 0.0
     assert law.pace(t) is not None
+
+
+def test_a_fleets_send_reported_after_first_contact_began_is_waited_for() -> None:
+    """In a fleet one process's sends reach the shared law after another's refusal began
+    first contact: those requests were in flight at its start, so it waits for them too
+    (judged on the first process's eight successes alone, it was noise at 1 in 8).
+    """
+    law = Law(max_concurrency=64)
+    for _ in range(9):
+        law.sent(0.0)  # one process's sends
+    law.refused(0.03, 0.0, Refusal.THROTTLE, None)  # first contact begins
+    for _ in range(20):
+        law.sent(0.02)  # another process's, sent before it began, reported after
+    for _ in range(8):
+        law.answered(0.12, 0.0)
+    assert law.judging
+    for _ in range(20):
+        law.refused(0.15, 0.02, Refusal.THROTTLE, None)
+    assert not law.judging
+    assert law.phase is Phase.MEASURING
+
+
+def test_a_fleets_sends_at_first_contacts_pace_count_whatever_order_they_arrive_in() -> None:
+    """The first send at first contact's own pace is the earliest, not the first reported: a
+    fleet's later send reported before an earlier one does not make the earlier one's answer
+    count as unpaced (which made seven in-flight answers and it eight: noise learned).
+    """
+    law = Law(max_concurrency=64)
+    for _ in range(8):
+        law.sent(0.0)
+    law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    h = 0.02 + law.wait_for_hold(0.02)
+    law.sent(h + 0.01)  # one process's paced send, reported first
+    law.sent(h + 0.001)  # another's, earlier, reported after
+    for _ in range(6):
+        law.answered(h + 0.005, 0.0)  # six in flight since before: unpaced
+    law.answered(h + 0.021, h + 0.001)
+    assert law.phase is Phase.SEARCHING
+    assert law._noise[Refusal.THROTTLE] == 0.0
 
 
 def test_first_contacts_verdict_does_not_shorten_a_closed_limits_hold() -> None:
