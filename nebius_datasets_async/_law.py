@@ -888,10 +888,12 @@ class Law:
         span = at - start
         if answers < CONTACT_ANSWERS or span < max(self.latency, 0.005):
             return
-        if self._contact_last is not None:
-            return  # (the successes of a burst come first, its refusals maybe just after)
-        self._contact_at = None
         share = refused / answers
+        if share < CONTACT_SHARE and self._contact_last is not None:
+            # few refused so far, but a burst's successes come first and its refusals maybe
+            # just after: no verdict of few refusals before every request in flight is in
+            return
+        self._contact_at = None
         if share < CONTACT_SHARE and answers - paced < CONTACT_ANSWERS:
             # Few refused, but too few of them left unpaced: the others left at the first
             # contact's own pace, which a limit above it does not refuse. Neither noise nor
