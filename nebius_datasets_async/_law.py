@@ -363,8 +363,8 @@ class Law:
         # answers, refused, successes, and answers to requests that left at its own pace
         self._contact = [0, 0, 0, 0]
         self._contact_paced: float | None = None  # when the first of those left
-        # ... and the latest request in flight when it began: judged once its answer came (or
-        # a later one's): a burst's refusals come after its first successes, maybe all at once
+        # ... and the latest request sent before it began: a verdict of few refusals waits for
+        # its answer (or a later one's): a burst's refusals may come just after its successes
         self._contact_last: float | None = None
         self._last_sent = -math.inf  # when the latest request left
         self._retry_after: float | None = None  # of the last refusal
