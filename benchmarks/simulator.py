@@ -223,6 +223,9 @@ class Cell:
     offered: float | None = None  # calls arrive at this rate (calls shape) instead of at once
     target: str = "limited"
     seed: int = 0
+    #: each half of a round trip varies at random by up to this share of itself either way
+    #: (as on real sockets, where a burst's answers come back spread, not all at one instant)
+    jitter: float = 0.0
 
 
 @attrs.define
@@ -237,8 +240,8 @@ class Result:
     calls: list[tuple[float, float]]
     cpu: float
     #: When a request sent the moment the client learnt of the first refusal arrived, on the
-    #: log's clock (``None``: one latency after the first refusal, as on virtual time, where
-    #: the answer takes exactly the latency; a real round trip takes longer).
+    #: log's clock (``None``: one latency after the first refusal; on virtual time without
+    #: jitter the answer takes exactly the latency, a real round trip takes longer).
     first_known: float | None = None
     #: The log's indexes of requests admitted before their client learnt of any refusal (in the
     #: first burst even if they arrive the instant the first refusal is known).
@@ -322,6 +325,12 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
         seed=cell.seed,
     )
     half = cell.latency / 2
+    lags = random.Random(cell.seed + 1)
+
+    def lag() -> float:
+        return half * (1.0 + cell.jitter * (2.0 * lags.random() - 1.0)) if cell.jitter else half
+
+    known: list[float] = []  # when a client first learnt of a refusal
     # the log's indexes of requests their client admitted before it learnt of any refusal:
     # the first burst, even if they arrive with the first one known (the same instant)
     unaware: set[int] = set()
@@ -336,6 +345,7 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
                 refusal = not kinds or args[0] in kinds  # (a failure: a busy server's 503 only)
                 if refusal and admitted is None:
                     admitted = flow.state().requests
+                    known.append(loop.time())
                 method(ticket, *args, **kwargs)
 
             return learn
@@ -347,11 +357,11 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
             nonlocal sent
             sent += 1  # (requests leave in the order they were admitted)
             knew = admitted is not None and sent > admitted
-            await asyncio.sleep(half)
+            await asyncio.sleep(lag())
             if not knew:
                 unaware.add(len(server.log))
             response = server.answer(loop.time())
-            await asyncio.sleep(half)
+            await asyncio.sleep(lag())
             return response
 
         return handle
@@ -419,6 +429,8 @@ async def _run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) 
         failed=failed,
         calls=calls,
         cpu=cpu,
+        # (a request sent then arrived half a latency later, as socket_sample.py counts it)
+        first_known=min(known) + half if known else None,
         unaware=frozenset(unaware),
     )
 
@@ -693,8 +705,22 @@ def shape_cells() -> list[Cell]:
     return cells
 
 
+def jitter_cells() -> list[Cell]:
+    """Token buckets whose round trips vary by up to half either way, as on real sockets (a
+    burst's answers come back spread over time, so first contact may see a round trip of
+    nothing but refusals): the real-socket sample's buckets, run with four seeds each.
+    """
+    cells = []
+    for r, ra, label in ((5, None, "no RA"), (20, 1.0, "RA 1"), (50, None, "no RA")):
+        for seed in range(4):
+            lim = Limit("bucket", r, r, retry_after=ra)
+            name = f"bucket {r}/s {label}, latency ±50% #{seed}"
+            cells.append(Cell(name, lim, _n_for(r), jitter=0.5, seed=seed))
+    return cells
+
+
 def all_cells() -> list[Cell]:
-    return limited_cells() + noise_cells() + change_cells() + shape_cells()
+    return limited_cells() + noise_cells() + change_cells() + shape_cells() + jitter_cells()
 
 
 def quick_cells() -> list[Cell]:

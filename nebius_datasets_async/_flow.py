@@ -278,6 +278,7 @@ class FlowControl:
         self._queue: deque[_Waiter] = deque()
         self._active = 0
         self._tat = -math.inf  # the pacing schedule: when the next paced request may leave
+        self._step = 0.0  # ... one interval after the last slot, at the pace then
         self._last_ok = -math.inf
         # counters
         self._requests = 0
@@ -461,8 +462,16 @@ class FlowControl:
         rate = law.pace(now)
         if rate is None:
             return 0.0
-        slot = max(self._tat, now - 1.0 / rate)
-        return max(slot - now, 0.0)
+        return max(self._slot(1.0 / rate) - now, 0.0)
+
+    def _slot(self, interval: float) -> float:
+        """When the next paced request may leave, ``interval`` apart at the pace now. (A pace
+        that rose since the last slot brings the next one nearer: a slot booked at a closed
+        limit's probe pace, one request a second, kept the search from it waiting that second.)
+        """
+        if interval > 0.5 * self._step:
+            return self._tat
+        return self._tat - self._step + interval
 
     def _grant(
         self, now: float, queued_at: float, paced: bool, placed_at: float | None = None
@@ -475,7 +484,8 @@ class FlowControl:
             rate = law.pace(now)
             if rate is not None:
                 interval = 1.0 / rate
-                self._tat = max(self._tat, now - interval) + interval
+                self._tat = max(self._slot(interval), now - interval) + interval
+                self._step = interval
                 if now > queued_at:
                     law.bound(now)
             law.sent(now)

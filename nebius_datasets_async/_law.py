@@ -374,6 +374,7 @@ class Law:
         self._probe_from: float | None = None  # the pace that held before this probe began
         self._after_block = False  # searching up since a closed limit opened
         self._blocked_since = math.inf  # when the limit last closed
+        self._contact_closed = False  # ... at first contact (nothing measured before it)
         self._last_cut = -math.inf  # answers to requests sent before it are the same signal
         self._last_growth = now
         self._last_bound = -math.inf  # the last time pacing held a request back
@@ -536,7 +537,11 @@ class Law:
         if at >= self._episode_began:
             self._episode_oks += 1
         closed = now - self._blocked_since
-        if self._probe_pace is not None and self.phase is Phase.MEASURING and closed > WINDOW:
+        # (or found closed by first contact, which measured nothing, and a probe sent since
+        # passed: the wait refilled it by as much as its rate allows, and a measure spanning
+        # the wait read one request a wait, from which a bucket of 20/s took 7 s to find)
+        reopened = closed > WINDOW or (self._contact_closed and sent_at >= self._blocked_since)
+        if self._probe_pace is not None and self.phase is Phase.MEASURING and reopened:
             # A limit closed for seconds let one through: a window reopened with its whole
             # quota (a bucket refills within a second or two). Search up fast from the
             # probe's pace, measured afresh (the time it was closed says nothing of its rate).
@@ -544,11 +549,19 @@ class Law:
             self.phase = Phase.SEARCHING
             self._after_block = True
             # (from the last refused probe, if it was sent before this one)
-            gap = sent_at - self._probe_refused
+            refused = self._probe_refused
+            if self._contact_closed:
+                # (or from first contact's verdict: a limit that refills one request in that
+                # time, which its search's first refusal tells, is held at that)
+                refused = max(refused, self._blocked_since)
+            gap = sent_at - refused
             self._reopen_gap = gap if 0 < gap < math.inf else None
             self._trials.pop(Refusal.THROTTLE, None)
             self._window_reopened(sent_at)
-        self._probe_pace = None
+        if sent_at >= self._blocked_since:
+            # (a success of a request sent before the limit closed says nothing of it now)
+            self._probe_pace = None
+            self._contact_closed = False
         for trial in list(self._trials.values()):
             self._judge(trial, now, at, refused=False)
         busy = self._trials.get(Refusal.BUSY)
@@ -920,6 +933,7 @@ class Law:
             self._hold(now, wait, "blocked")
             self._probe_pace = 1.0 / max(wait, 1e-3)
             self._blocked_since = now  # (so a window that reopens later is told by it)
+            self._contact_closed = True
         bound = HEADROOM * (oks + 1) / span
         self.rate = max(bound, self.min_rate)
         # refused at about the rate the answers came at: a search goes back up to near it

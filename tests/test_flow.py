@@ -182,6 +182,34 @@ def test_a_change_of_pace_reaches_the_caller_at_the_head_at_once() -> None:
     virtual(body)
 
 
+def test_a_slot_booked_at_a_pace_since_doubled_comes_at_the_pace_in_force() -> None:
+    """A slot booked at a closed limit's probe pace (one request a second) does not hold the
+    next request once the pace rose to many times that: it leaves one interval at the new
+    pace after the last slot (the search up from a probe that passed waited the whole
+    second). A cut, or a rise of less than double, keeps the slot as booked.
+    """
+
+    async def body() -> None:
+        flow = make()
+        paced(flow, 1.0)
+        start = now()
+        times: list[float] = []
+
+        async def send(rate: float) -> None:
+            flow.law.rate = rate
+            flow.on_answer(await flow.admit(), NONE)
+            times.append(now() - start)
+
+        for rate in (1.0, 1.0, 50.0, 50.0, 30.0, 50.0):
+            await send(rate)
+        # two at once (an idle gate's slack), then the next a 50th of a second after the
+        # second instead of a second; 30/s keeps the slot booked at 50/s, and 50/s after it
+        # keeps the one booked at 30/s
+        assert times == pytest.approx([0.0, 0.0, 0.02, 0.04, 0.06, 0.06 + 1 / 30], abs=1e-9)
+
+    virtual(body)
+
+
 def test_deadline_while_waiting_raises_and_holds_nothing() -> None:
     """A deadline that passes while waiting for a place or a slot raises APITimeoutError; the
     place and the slot are free at once.
@@ -615,6 +643,68 @@ def test_a_limit_closed_at_first_contact_that_reopens_later_was_a_window() -> No
     assert law.phase is Phase.MEASURING
     assert law.wait_for_hold(0.05) > 0
     law.answered(3.05, 3.03)
+    assert law.phase is Phase.SEARCHING
+
+
+def test_a_limit_closed_at_first_contact_whose_probe_passes_a_second_later_is_searched() -> None:
+    """First contact finds the limit closed (a round trip of nothing but refusals) and waits
+    the Retry-After, a second; the probe after it passes. The wait refilled the limit by an
+    unknown amount: the law searches up from the probe's pace at once (a measure spanning the
+    wait read one request a second, and a bucket of 20/s took 7 s to find from it).
+    """
+    law = Law(max_concurrency=64)
+    for _ in range(20):
+        law.sent(0.0)
+    for i in range(10):
+        law.sent(0.003 * i)
+    for _ in range(20):
+        law.answered(0.02, 0.0)  # the burst
+    for i in range(10):
+        law.refused(0.02 + 0.003 * i, 0.003 * i, Refusal.THROTTLE, 1.0)  # then only 429s
+    assert law.phase is Phase.MEASURING
+    assert law.hold.reason == "blocked"
+    until = law.hold.until
+    law.sent(until)
+    law.bound(until)
+    law.answered(until + 0.02, until)  # the probe passes
+    assert law.phase is Phase.SEARCHING
+    law.bound(until + 0.5)
+    law.answered(until + 0.52, until + 0.5)
+    pace = law.pace(until + 0.52)
+    assert pace is not None
+    assert pace >= 4.0  # doubling fast from twice the probe's one a second
+
+
+def test_a_limit_closed_at_first_contact_that_refills_one_request_a_wait_is_held_there() -> None:
+    """The same first contact against a limit that refills about one request a second: the
+    search's first request after the probe is refused before any other passed, so the limit
+    refills one request in the wait, and the law holds at that.
+    """
+    law = Law(max_concurrency=64, min_rate=0.1)
+    law.answered(0.02, 0.0)
+    for i in range(8):
+        law.refused(0.02 + 0.004 * i, 0.004 * i, Refusal.THROTTLE, 1.0)
+    assert law.hold.reason == "blocked"
+    verdict, until = law.hold.set_at, law.hold.until
+    law.answered(until + 0.02, until)  # the probe passes
+    law.refused(until + 0.52, until + 0.5, Refusal.THROTTLE, 1.0)  # the search's next: refused
+    assert law.phase is Phase.HOLDING
+    assert law.pace(until + 0.52) == pytest.approx(HEADROOM / (until - verdict))
+
+
+def test_a_success_sent_before_the_limit_closed_does_not_end_its_probing() -> None:
+    """First contact found the limit closed; then a request sent before that verdict comes
+    back a success. It left before the limit closed and says nothing of it now: the law still
+    sends one probe a wait, and the probe that passes after the wait is what reopens it.
+    """
+    law = Law(max_concurrency=64)
+    law.answered(0.02, 0.0)
+    for i in range(8):
+        law.refused(0.02 + 0.004 * i, 0.004 * i, Refusal.THROTTLE, 1.0)
+    verdict, until = law.hold.set_at, law.hold.until
+    law.answered(verdict + 0.001, verdict - 0.02)  # sent before the verdict
+    assert law.pace(until) == pytest.approx(1.0)  # one probe a wait, still
+    law.answered(until + 0.02, until)
     assert law.phase is Phase.SEARCHING
 
 

@@ -317,6 +317,34 @@ async def test_a_long_retry_after_seen_by_one_process_holds_every_process(
     assert resumed > 10
 
 
+async def test_a_slot_booked_at_a_pace_since_doubled_comes_at_the_stored_pace(
+    redis: Any,
+) -> None:
+    """The fleet's schedule, as the in-process gate's: a slot booked at one request a second
+    (a closed limit's probe pace) does not hold the next once the stored pace is fifty times
+    that; a cut keeps the slot as booked.
+    """
+    from nebius_datasets_async.redis import _STATE
+
+    key = "nebius-test:slots"
+
+    async def book(pace: float) -> tuple[float, float]:
+        await redis.hset(key, "pace", repr(pace))
+        argv = [-1, "", 0, 0, "t", 0, 1, 0.05, 0, 0, 10, 60_000]
+        out = await redis.eval(_STATE, 1, key, *argv)
+        assert int(out[5]) == 1  # one slot booked
+        return float(out[0]), float(out[3])  # Redis's time, the slot
+
+    now, first = await book(1.0)
+    assert first == pytest.approx(now - 1.0, abs=1e-3)  # an idle schedule's slack
+    now, second = await book(1.0)
+    assert second == pytest.approx(first + 1.0, abs=1e-6)  # (now, or just after)
+    now, third = await book(50.0)  # the probe passed: fifty times the pace
+    assert third == pytest.approx(second + 1 / 50, abs=1e-6)  # not a second after
+    now, fourth = await book(30.0)  # a cut: the slot booked at 50/s stays
+    assert fourth == pytest.approx(third + 1 / 50, abs=1e-6)
+
+
 async def test_conflicting_proposals_lose_and_double_count_no_event(
     redis_url: str, redis: Any
 ) -> None:

@@ -72,6 +72,38 @@ def test_random_refusals_never_collapse_the_pace(name: str, seed: int) -> None:
     assert result.wall <= 5 * base.wall, (result.wall, base.wall)
 
 
+@pytest.mark.parametrize("seed", [6, 9, 10, 27])
+def test_answers_spread_as_on_sockets_do_not_slow_a_bucket_after_first_contact(seed: int) -> None:
+    """Round trips that vary by half either way, as on real sockets, against the socket
+    sample's bucket of 20/s with ``Retry-After: 1`` (200 updates): in these draws first
+    contact sees a round trip of nothing but refusals and finds the limit closed, waits the
+    second, and its probe passes. The wait refilled the bucket; a measure spanning it read one
+    request a second, searched up from it with care and took 1.34-1.74x N/R (13 of 40 seeds,
+    as one socket run in three did). Now the probe's pass searches up fast: within the target.
+    """
+    limit = sim.Limit("bucket", 20, 20, retry_after=1.0)
+    cell = sim.Cell("bucket 20/s RA 1 (N 200)", limit, 200, jitter=0.5, seed=seed)
+    result = sim.run_cell(cell)
+    assert result.failed == 0
+    assert result.wall <= 1.15 * result.ideal + 2.0, result.wall
+
+
+def test_jitter_spreads_round_trips_and_keeps_the_first_burst_out_of_the_refused_share() -> None:
+    """A jittered cell's answers come back at varied times (not all one latency apart), the
+    same draws for the same seed, and its first burst ends when the client learnt of the
+    first refusal, as the socket sample counts it.
+    """
+    limit = sim.Limit("bucket", 20, 20, retry_after=1.0)
+    cell = sim.Cell("jittered", limit, 100, jitter=0.5, seed=3)
+    one, two = sim.run_cell(cell), sim.run_cell(cell)
+    assert one.log == two.log
+    times = sorted({round(t, 6) for t, _ in one.log[:40]})
+    assert len(times) > 20  # spread, not in lockstep waves of one latency
+    first = next(t for t, s in one.log if s != 200)
+    assert one.first_known is not None
+    assert first + 0.5 * cell.latency <= one.first_known <= first + 1.25 * cell.latency
+
+
 @pytest.mark.parametrize(("name", "within"), [("rise 10->100/s", 10), ("rise 1->10/s", 30)])
 def test_a_limit_that_rises_tenfold_is_found(name: str, within: int) -> None:
     """Without headers, a limit that rises tenfold is used at 80% within 10 s from 10/s, and
