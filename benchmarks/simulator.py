@@ -13,6 +13,8 @@ single calls.
     .venv/bin/python benchmarks/simulator.py              # the full table (a few minutes)
     .venv/bin/python benchmarks/simulator.py --quick      # a representative subset
     .venv/bin/python benchmarks/simulator.py --only bucket --out /tmp/sim.md
+    .venv/bin/python benchmarks/simulator.py --only "bucket 20/s RA 1" --exact \
+        --jitter 0.5 --updates 200 --seeds 40 --baseline HEAD~1   # spread over 40 draws
     .venv/bin/python benchmarks/simulator.py --out benchmarks/SIMULATOR.md \
         --svg benchmarks/simulator.svg                    # what RESULTS.md shows
 
@@ -442,10 +444,11 @@ def run_cell(cell: Cell, flow_factory: Callable[..., Any] | None = None) -> Resu
     return run_virtual(lambda: _run_cell(cell, flow_factory))  # type: ignore[no-any-return]
 
 
-def run_elsewhere(revision: str, names: list[str]) -> dict[str, str]:
+def run_elsewhere(revision: str, names: list[str], flags: Iterable[str] = ()) -> dict[str, str]:
     """Run the named cells against the package as it was at git ``revision`` (a temporary
     worktree imported in a subprocess), so two versions are compared side by side in one
-    table. Returns each cell's table row.
+    table; ``flags``: how to vary them (``--latency``, ``--jitter``, ``--updates``,
+    ``--seeds``), as on this side. Returns each cell's table row.
     """
     import subprocess
     import tempfile
@@ -459,7 +462,15 @@ def run_elsewhere(revision: str, names: list[str]) -> dict[str, str]:
         )
         try:
             out = subprocess.run(
-                [sys.executable, __file__, "--rows", "--exact", "--only", "\t".join(names)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--rows",
+                    "--exact",
+                    "--only",
+                    "\t".join(names),
+                    *flags,
+                ],
                 env={**os.environ, "NEBIUS_SIM_PACKAGE": str(tree)},
                 check=True,
                 capture_output=True,
@@ -1051,6 +1062,33 @@ def _legend(svg: _Svg, x: float, y: float) -> float:
     return y + 38
 
 
+def seed_summaries(names: list[str], rows: list[str], seeds: int) -> list[str]:
+    """For each cell run with ``seeds`` seeds (``rows`` in that order): the median (min-max)
+    of wall/(N/R) and of the refused share after the first burst, and how many met the target.
+    """
+
+    def spread(values: list[float], fmt: str) -> str:
+        ordered = sorted(values)
+        mid = ordered[len(ordered) // 2]
+        return f"{mid:{fmt}} ({ordered[0]:{fmt}}-{ordered[-1]:{fmt}})"
+
+    out = []
+    for i, name in enumerate(names):
+        cols = [row.split(" | ") for row in rows[i * seeds : (i + 1) * seeds]]
+        cols = [c for c in cols if len(c) > 7]
+        if not cols:
+            out.append(f"- {name}: no rows")
+            continue
+        ratios = [float(c[3]) for c in cols]
+        refused = [float(c[5].rstrip("%")) for c in cols]
+        met = sum(c[7].startswith("met:") for c in cols)
+        out.append(
+            f"- {name}, {len(cols)} seeds: wall/(N/R) {spread(ratios, '.2f')}; refused after the"
+            f" first burst {spread(refused, '.1f')}%; met {met} of {len(cols)}"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a representative subset")
@@ -1070,6 +1108,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="run every cell (and its baseline) at this round-trip latency instead of its own",
     )
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        metavar="SHARE",
+        help="vary each half of every round trip at random by up to this share either way",
+    )
+    parser.add_argument(
+        "--updates", type=int, metavar="N", help="run every cell with N updates instead"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        metavar="K",
+        help="run every cell K times (seeds 0 to K-1, named '#seed') and summarise each",
+    )
     args = parser.parse_args(argv)
     cells = quick_cells() if args.quick else all_cells()
     if args.only and args.exact:
@@ -1077,8 +1130,24 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for c in cells if c.name in wanted]
     elif args.only:
         cells = [c for c in cells if any(w in c.name for w in args.only.split(","))]
+    names = [c.name for c in cells]
+    flags: list[str] = []
     if args.latency is not None:
         cells = [attrs.evolve(c, latency=args.latency) for c in cells]
+        flags += ["--latency", repr(args.latency)]
+    if args.jitter is not None:
+        cells = [attrs.evolve(c, jitter=args.jitter) for c in cells]
+        flags += ["--jitter", repr(args.jitter)]
+    if args.updates is not None:
+        cells = [attrs.evolve(c, updates=args.updates) for c in cells]
+        flags += ["--updates", str(args.updates)]
+    if args.seeds:
+        cells = [
+            attrs.evolve(c, name=f"{c.name} #{seed}", seed=seed)
+            for c in cells
+            for seed in range(args.seeds)
+        ]
+        flags += ["--seeds", str(args.seeds)]
     started = time.perf_counter()
     rows = []
     judged: list[tuple[Result, Result | None]] = []
@@ -1095,8 +1164,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency is not None:
         summary += f" (every cell at {args.latency * 1000:.0f} ms round trip)"
     lines = [*HEADER, *rows, "", summary]
+    before: dict[str, str] = {}
     if args.baseline:
-        before = run_elsewhere(args.baseline, [c.name for c in cells])
+        before = run_elsewhere(args.baseline, names, flags)
         met_before = sum("| met:" in row for row in before.values())
         lines = [
             "| cell | N | wall s | wall/(N/R) | refused | after first burst | failed | target "
@@ -1111,6 +1181,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines))
     elif not args.rows:
         print(summary)
+    if args.seeds and not args.rows:
+        summaries = seed_summaries(names, rows, args.seeds)
+        if args.baseline:
+            old = [before.get(c.name, "") for c in cells]
+            summaries += ["", f"{args.baseline}:", *seed_summaries(names, old, args.seeds)]
+        print("\n".join(["", *summaries]))
+        lines += ["", *summaries]
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
