@@ -220,3 +220,24 @@ def test_latency_runs_every_cell_at_that_round_trip(tmp_path: Path) -> None:
     assert expected in lines
     assert expected != sim.describe(sim.run_cell(cell))  # (the latency matters here)
     assert lines[-1].endswith("of 1 cells meet their target (every cell at 50 ms round trip)")
+
+
+def test_seeds_run_each_cell_with_each_draw_and_summarise_them(tmp_path: Path) -> None:
+    """``--jitter``, ``--updates`` and ``--seeds`` vary the chosen cells: each seed's row is
+    the cell with those settings and that seed, and the summary gives the median and spread
+    over the seeds.
+    """
+    out = tmp_path / "table.md"
+    name = "bucket 20/s RA 1"
+    flags = ["--jitter", "0.5", "--updates", "60", "--seeds", "3"]
+    sim.main(["--only", name, "--exact", *flags, "--out", str(out)])
+    lines = out.read_text().splitlines()
+    cell = next(c for c in sim.all_cells() if c.name == name)
+    results = []
+    for seed in range(3):
+        varied = attrs.evolve(cell, name=f"{name} #{seed}", jitter=0.5, updates=60, seed=seed)
+        results.append(sim.run_cell(varied))
+        assert sim.describe(results[-1]) in lines
+    ratios = sorted(round(r.ratio, 2) for r in results)
+    summary = next(line for line in lines if line.startswith(f"- {name}, 3 seeds:"))
+    assert f"wall/(N/R) {ratios[1]:.2f} ({ratios[0]:.2f}-{ratios[2]:.2f})" in summary
