@@ -34,6 +34,7 @@ import math
 import os
 import random
 import re
+import statistics
 import sys
 import time
 from collections import deque
@@ -1069,7 +1070,7 @@ def seed_summaries(names: list[str], rows: list[str], seeds: int) -> list[str]:
 
     def spread(values: list[float], fmt: str) -> str:
         ordered = sorted(values)
-        mid = ordered[len(ordered) // 2]
+        mid = statistics.median(ordered)
         return f"{mid:{fmt}} ({ordered[0]:{fmt}}-{ordered[-1]:{fmt}})"
 
     out = []
@@ -1124,6 +1125,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run every cell K times (seeds 0 to K-1, named '#seed') and summarise each",
     )
     args = parser.parse_args(argv)
+    if args.jitter is not None and not 0.0 <= args.jitter < 1.0:
+        parser.error("--jitter is a share of each half round trip: at least 0, under 1")
+    if any(n is not None and n < 1 for n in (args.seeds, args.updates)):
+        parser.error("--seeds and --updates take a positive number")
     cells = quick_cells() if args.quick else all_cells()
     if args.only and args.exact:
         wanted = set(args.only.split("\t"))

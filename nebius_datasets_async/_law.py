@@ -374,7 +374,8 @@ class Law:
         self._probe_from: float | None = None  # the pace that held before this probe began
         self._after_block = False  # searching up since a closed limit opened
         self._blocked_since = math.inf  # when the limit last closed
-        self._contact_closed = False  # ... at first contact (nothing measured before it)
+        # ... at first contact (nothing measured before it): when that wait ends
+        self._contact_reopens = math.inf
         self._last_cut = -math.inf  # answers to requests sent before it are the same signal
         self._last_growth = now
         self._last_bound = -math.inf  # the last time pacing held a request back
@@ -537,20 +538,23 @@ class Law:
         if at >= self._episode_began:
             self._episode_oks += 1
         closed = now - self._blocked_since
-        # (or found closed by first contact, which measured nothing, and a probe sent since
-        # passed: the wait refilled it by as much as its rate allows, and a measure spanning
-        # the wait read one request a wait, from which a bucket of 20/s took 7 s to find)
-        reopened = closed > WINDOW or (self._contact_closed and sent_at >= self._blocked_since)
-        if self._probe_pace is not None and self.phase is Phase.MEASURING and reopened:
+        # (a request sent before the limit closed is no probe: it says nothing of it now)
+        probe = self._probe_pace if sent_at >= self._blocked_since else None
+        # (or found closed by first contact, which measured nothing, and a probe sent after its
+        # wait passed: the wait refilled it by as much as its rate allows, and a measure
+        # spanning the wait read one request a wait, from which a bucket of 20/s took 7 s to
+        # find; a fleet's request sent during the wait, before it knew of it, is no probe)
+        reopened = closed > WINDOW or sent_at >= self._contact_reopens
+        if probe is not None and self.phase is Phase.MEASURING and reopened:
             # A limit closed for seconds let one through: a window reopened with its whole
             # quota (a bucket refills within a second or two). Search up fast from the
             # probe's pace, measured afresh (the time it was closed says nothing of its rate).
-            self.rate = max(2.0 * self._probe_pace, self.min_rate)
+            self.rate = max(2.0 * probe, self.min_rate)
             self.phase = Phase.SEARCHING
             self._after_block = True
             # (from the last refused probe, if it was sent before this one)
             refused = self._probe_refused
-            if self._contact_closed:
+            if self._contact_reopens < math.inf:
                 # (or from first contact's verdict: a limit that refills one request in that
                 # time, which its search's first refusal tells, is held at that)
                 refused = max(refused, self._blocked_since)
@@ -559,9 +563,8 @@ class Law:
             self._trials.pop(Refusal.THROTTLE, None)
             self._window_reopened(sent_at)
         if sent_at >= self._blocked_since:
-            # (a success of a request sent before the limit closed says nothing of it now)
             self._probe_pace = None
-            self._contact_closed = False
+            self._contact_reopens = math.inf
         for trial in list(self._trials.values()):
             self._judge(trial, now, at, refused=False)
         busy = self._trials.get(Refusal.BUSY)
@@ -783,6 +786,7 @@ class Law:
         if self._probe_pace is None:
             # a new closed spell: a probe refused in an earlier one tells nothing of it
             self._blocked_since, self._probe_refused = now, -math.inf
+            self._contact_reopens = math.inf
         self._probe_pace = 1.0 / max(wait, 1e-3)  # one request a hold, until one passes
         self._last_signal = now
         self._pending = None
@@ -840,6 +844,7 @@ class Law:
         if self.phase in (Phase.MEASURING, Phase.SEARCHING):
             self.phase = Phase.HOLDING
         self._probe_pace = None
+        self._contact_reopens = math.inf
         self._probe_from = None
         self._last_signal = -math.inf
 
@@ -933,7 +938,7 @@ class Law:
             self._hold(now, wait, "blocked")
             self._probe_pace = 1.0 / max(wait, 1e-3)
             self._blocked_since = now  # (so a window that reopens later is told by it)
-            self._contact_closed = True
+            self._contact_reopens = self.hold.until
         bound = HEADROOM * (oks + 1) / span
         self.rate = max(bound, self.min_rate)
         # refused at about the rate the answers came at: a search goes back up to near it

@@ -89,8 +89,10 @@ _CLOCK_FRESH = 5.0  # seconds: the clock offset comes from the fastest call this
 
 # The fleet's state is one hash: ``version``, ``law`` (the law's JSON snapshot), ``by`` (the
 # proposal that wrote it), ``pace`` (requests/s, 0: unpaced) and ``hold`` (nothing leaves
-# before it) as the law gave them, ``tat`` (the slot schedule: the next slot) and ``step`` (the
-# interval it was booked at), ``budget``. Times are Redis's.
+# before it) as the law gave them, ``tat`` (the slot schedule: the next slot), ``step`` (the
+# interval this script last booked at) and ``steptat`` (the ``tat`` it left then: a ``tat``
+# moved since, by another version of the script, has no known step), ``budget``. Times are
+# Redis's.
 # ARGV: [1] the version a proposal is based on (-1: none), [2] its snapshot, [3] its pace,
 # [4] its hold, [5] its id, [6] the version the caller holds, [7] slots wanted, [8] how far
 # ahead they may be booked (s), [9] budget tokens spent, [10] tokens given back, [11] the
@@ -103,11 +105,12 @@ local base, known = tonumber(ARGV[1]), tonumber(ARGV[6])
 local want, horizon, capacity = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[11])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local f = redis.call('HMGET', key, 'version', 'pace', 'hold', 'tat', 'budget', 'step')
+local f = redis.call('HMGET', key, 'version', 'pace', 'hold', 'tat', 'budget', 'step', 'steptat')
 local version = tonumber(f[1]) or 0
 local pace, hold = tonumber(f[2]) or 0, tonumber(f[3]) or 0
 local tat, budget = tonumber(f[4]) or 0, tonumber(f[5]) or capacity
 local step = tonumber(f[6]) or 0
+if tonumber(f[7]) ~= tat then step = 0 end
 local committed = 0
 if base >= 0 and base == version then
   version = version + 1
@@ -138,7 +141,7 @@ if now >= hold and want > 0 then
   end
 end
 local function n(x) return string.format('%.17g', x) end
-redis.call('HSET', key, 'tat', n(tat), 'step', n(step), 'budget', n(budget))
+redis.call('HSET', key, 'tat', n(tat), 'step', n(step), 'steptat', n(tat), 'budget', n(budget))
 redis.call('PEXPIRE', key, ARGV[12])
 local law, by = '', ''
 if committed == 0 and known ~= version then

@@ -708,6 +708,45 @@ def test_a_success_sent_before_the_limit_closed_does_not_end_its_probing() -> No
     assert law.phase is Phase.SEARCHING
 
 
+def test_a_fleets_request_sent_during_first_contacts_wait_is_no_probe() -> None:
+    """In a fleet, another process may send during the wait first contact set for a closed
+    limit (it has not seen the wait yet), and a bucket of 20/s refills one request in 50 ms:
+    its success is no probe of the wait's end, and a refusal just after it is no proof of a
+    limit that refills one request in those few milliseconds (it held at 97/s).
+    """
+    law = Law(max_concurrency=64)
+    law.answered(0.02, 0.0)
+    for i in range(8):
+        law.refused(0.02 + 0.004 * i, 0.004 * i, Refusal.THROTTLE, 1.0)
+    verdict = law.hold.set_at
+    law.answered(verdict + 0.03, verdict + 0.01)  # sent 10 ms into the wait
+    assert law.phase is Phase.MEASURING
+    law.refused(verdict + 0.035, verdict + 0.015, Refusal.THROTTLE, 1.0)
+    assert law.phase is Phase.MEASURING
+    pace = law.pace(verdict + 0.04)
+    assert pace is not None
+    assert pace < 50
+
+
+def test_a_success_sent_before_a_limit_closed_answered_seconds_later_reopens_nothing() -> None:
+    """A request sent before the limit closed whose success comes back more than `WINDOW`
+    after the closure (a slow answer) did not pass the closed limit: no window reopened, the
+    law still sends one probe a wait.
+    """
+    law = Law(max_concurrency=64)
+    law.answered(0.02, 0.0)
+    for _ in range(7):
+        law.refused(0.02, 0.0, Refusal.THROTTLE, None)
+    law.refused(0.05, 0.03, Refusal.THROTTLE, None)  # closed
+    law.answered(2.5, 0.01)  # sent before: answered 2.45 s after the closure
+    assert law.phase is Phase.MEASURING
+    pace = law.pace(2.5)
+    assert pace is not None
+    assert pace <= 1.0 / FIRST_BACKOFF  # one probe a wait at most
+    law.answered(3.05, 3.03)  # a probe passes: now a window reopened
+    assert law.phase is Phase.SEARCHING
+
+
 def test_a_probes_refusal_is_not_judged_again_when_the_limit_opens() -> None:
     """A refused probe of a closed limit is decided by the closed-limit wait itself: when a
     later probe passes (a window reopened), that refusal is not left to cut the pace to the

@@ -322,27 +322,32 @@ async def test_a_slot_booked_at_a_pace_since_doubled_comes_at_the_stored_pace(
 ) -> None:
     """The fleet's schedule, as the in-process gate's: a slot booked at one request a second
     (a closed limit's probe pace) does not hold the next once the stored pace is fifty times
-    that; a cut keeps the slot as booked.
+    that; a cut, or a schedule another version of the script moved, keeps the slot as booked.
     """
     from nebius_datasets_async.redis import _STATE
 
     key = "nebius-test:slots"
 
-    async def book(pace: float) -> tuple[float, float]:
-        await redis.hset(key, "pace", repr(pace))
-        argv = [-1, "", 0, 0, "t", 0, 1, 0.05, 0, 0, 10, 60_000]
+    async def book(pace: float, tat: float, step: float, steptat: float) -> float:
+        """The first slot booked at ``pace``, a schedule's next slot ``tat`` seconds from
+        Redis's clock (booked ``step`` apart when the schedule's slot was ``steptat``)."""
+        seconds, micros = await redis.time()
+        now = seconds + micros / 1e6
+        fields = {"pace": repr(pace), "tat": repr(now + tat), "step": repr(step)}
+        fields["steptat"] = repr(now + steptat)
+        await redis.hset(key, mapping=fields)
+        argv = [-1, "", 0, 0, "t", 0, 1, 60.0, 0, 0, 10, 60_000]  # one slot, a minute ahead
         out = await redis.eval(_STATE, 1, key, *argv)
-        assert int(out[5]) == 1  # one slot booked
-        return float(out[0]), float(out[3])  # Redis's time, the slot
+        assert int(out[5]) == 1
+        return float(out[3]) - now  # (from the clock read above: within a few ms of it)
 
-    now, first = await book(1.0)
-    assert first == pytest.approx(now - 1.0, abs=1e-3)  # an idle schedule's slack
-    now, second = await book(1.0)
-    assert second == pytest.approx(first + 1.0, abs=1e-6)  # (now, or just after)
-    now, third = await book(50.0)  # the probe passed: fifty times the pace
-    assert third == pytest.approx(second + 1 / 50, abs=1e-6)  # not a second after
-    now, fourth = await book(30.0)  # a cut: the slot booked at 50/s stays
-    assert fourth == pytest.approx(third + 1 / 50, abs=1e-6)
+    # the next slot 10 s on, booked one second after the last: fifty times the pace now
+    assert await book(50.0, 10.0, 1.0, 10.0) == pytest.approx(9.0 + 1 / 50, abs=1e-6)
+    # a cut, or less than twice the pace: as booked
+    assert await book(0.5, 10.0, 1.0, 10.0) == pytest.approx(10.0, abs=1e-6)
+    assert await book(1.5, 10.0, 1.0, 10.0) == pytest.approx(10.0, abs=1e-6)
+    # the schedule moved since the step was stored (another version of the script): as booked
+    assert await book(50.0, 10.0, 1.0, 8.0) == pytest.approx(10.0, abs=1e-6)
 
 
 async def test_conflicting_proposals_lose_and_double_count_no_event(
